@@ -1,0 +1,1 @@
+"""aetcd_breaker."""
