@@ -1,0 +1,709 @@
+"""The circuit breaker state machine.
+
+Design note. A breaker is ``closed`` (calls pass, outcomes are counted),
+``open`` (calls are rejected at once) or ``half_open`` (a few trial calls
+test whether the dependency is back), plus two manual states:
+``forced_open`` rejects everything and ``disabled`` admits everything, until
+``reset()``.
+
+Generation rule: every state change increments ``generation``. A call
+remembers the generation it was admitted in, and its outcome moves the
+counts and the state only while that generation is current. A slow failure
+reported after the breaker opened therefore cannot open it a second time or
+restart its timer; it still reaches the lifetime totals.
+
+Half-open permit rule: half-open admits at most ``max_requests`` trials per
+period. A trial holds its permit until it ends; a trial that is cancelled,
+or ends in an error that is not counted, gives the permit back. The period
+closes after ``max_requests`` trial successes (or, with ``success_ratio``,
+once that many trials ended and enough of them succeeded) and reopens on a
+trial failure (or a missed ratio, or ``half_open_max_wait`` running out).
+
+Every read-modify-write of the state happens without an ``await`` in
+between, so each transition is atomic on the event loop without a lock.
+The move from open to half-open is made lazily, by the first call or the
+first read of ``state`` after the open duration; logs and hooks run after
+the state is updated.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Final, ParamSpec, TypeVar
+
+import anyio
+import structlog
+
+from ._clock import Clock, MonotonicClock
+from ._deadline import start_deadline
+from .errors import (
+    CallTimeoutError,
+    CircuitOpenError,
+    InvalidSettingError,
+    InvalidSettingTypeError,
+)
+from .events import Counts, Metrics, State, StateChange, StateChangeHook, emit
+from .guard import Guard, Permit
+from .policies import (
+    ConsecutiveFailures,
+    ExponentialBackoff,
+    FailureRate,
+    FixedDuration,
+    OpenDuration,
+    SlowCallRate,
+    TripRule,
+    check_count,
+    check_number,
+    check_ratio,
+)
+from .windows import Window
+
+__all__ = ["CircuitBreaker"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+CLOSED: Final = State.CLOSED
+OPEN: Final = State.OPEN
+HALF_OPEN: Final = State.HALF_OPEN
+FORCED_OPEN: Final = State.FORCED_OPEN
+DISABLED: Final = State.DISABLED
+
+REJECT: Final = 0
+ADMIT: Final = 1
+TRIAL: Final = 2
+
+_log = structlog.get_logger("aetcd_breaker")
+_UNSET: Any = object()
+
+
+def _rule_reason(rule: TripRule) -> str:
+    if isinstance(rule, ConsecutiveFailures):
+        return "consecutive_failures"
+    if isinstance(rule, FailureRate):
+        return "failure_rate"
+    if isinstance(rule, SlowCallRate):
+        return "slow_call_rate"
+    return "trip_rule:" + getattr(rule, "__qualname__", type(rule).__qualname__)
+
+
+class CircuitBreaker:
+    """A circuit breaker for async calls; see the module docstring for the rules.
+
+    Settings (keyword only; zero and ``None`` meanings in the README):
+        name: shown in errors, logs and metrics.
+        max_requests: trial permits per half-open period.
+        interval: seconds after which the closed-state counts are cleared
+            (gobreaker's ``Interval``); ``None`` never clears them.
+        reset_timeout: seconds to stay open, or an open-duration policy such
+            as :class:`ExponentialBackoff`.
+        failure_threshold: consecutive counted failures that trip the
+            breaker; ``None`` turns that rule off.
+        call_timeout: default deadline in seconds for a guarded call.
+        trip_rules: more rules (:class:`FailureRate`, :class:`SlowCallRate`,
+            or any function of :class:`Counts`); any rule firing trips.
+        window: a :class:`CountWindow` or :class:`TimeWindow` the rules read.
+        success_ratio: close half-open on this ratio of trial successes
+            over ``max_requests`` trials, instead of on all of them.
+        half_open_max_wait: seconds half-open may last before reopening.
+        is_failure: ``is_failure(exc)`` says whether an exception counts;
+            by default every ``Exception`` does.
+        clock: a :class:`Clock`; the default reads ``time.monotonic``.
+        on_state_change: hooks called with a :class:`StateChange`.
+        initial_state: the state to start in.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_call_timeout",
+        "_cfail",
+        "_changed_at",
+        "_clock",
+        "_csucc",
+        "_fail",
+        "_generation",
+        "_half_open_until",
+        "_half_open_wait",
+        "_hooks",
+        "_interval",
+        "_interval_end",
+        "_is_failure",
+        "_max_requests",
+        "_name",
+        "_now",
+        "_open_duration",
+        "_opens",
+        "_retry_at",
+        "_rules",
+        "_slow",
+        "_slow_after",
+        "_state",
+        "_succ",
+        "_success_ratio",
+        "_t_fail",
+        "_t_ign",
+        "_t_rej",
+        "_t_slow",
+        "_t_succ",
+        "_threshold",
+        "_trials",
+        "_waiters",
+        "_window",
+    )
+
+    def __init__(
+        self,
+        *,
+        name: str = "default",
+        max_requests: int = 1,
+        interval: float | None = None,
+        reset_timeout: float | OpenDuration = 30.0,
+        failure_threshold: int | None = 5,
+        call_timeout: float | None = None,
+        trip_rules: Iterable[TripRule] = (),
+        window: Window | None = None,
+        success_ratio: float | None = None,
+        half_open_max_wait: float | None = None,
+        is_failure: Callable[[BaseException], bool] | None = None,
+        clock: Clock | None = None,
+        on_state_change: StateChangeHook | Iterable[StateChangeHook] = (),
+        initial_state: State | str = State.CLOSED,
+    ) -> None:
+        if not isinstance(name, str) or not name:
+            raise InvalidSettingTypeError("name", name, "a non-empty str")
+        self._name = name
+        self._max_requests = check_count("max_requests", max_requests)
+        self._interval = _optional_seconds("interval", interval)
+        self._open_duration = _open_duration(reset_timeout)
+        self._threshold = (
+            None
+            if failure_threshold is None
+            else ConsecutiveFailures(failure_threshold).threshold
+        )
+        self._call_timeout = _optional_seconds("call_timeout", call_timeout)
+        self._rules = _rules(trip_rules)
+        self._window = _window(window)
+        self._success_ratio = (
+            None
+            if success_ratio is None
+            else check_ratio("success_ratio", success_ratio)
+        )
+        self._half_open_wait = _optional_seconds(
+            "half_open_max_wait", half_open_max_wait
+        )
+        self._is_failure = _callable_or_none("is_failure", is_failure)
+        self._clock = _clock(clock)
+        self._now = self._clock.now
+        self._hooks = _hooks(on_state_change)
+        slow = [
+            r.slow_call_duration for r in self._rules if isinstance(r, SlowCallRate)
+        ]
+        self._slow_after = min(slow) if slow else None
+
+        self._generation = 0
+        self._opens = 0
+        self._retry_at = 0.0
+        self._half_open_until: float | None = None
+        self._interval_end: float | None = None
+        self._waiters: anyio.Event | None = None
+        self._t_succ = self._t_fail = self._t_ign = self._t_slow = self._t_rej = 0
+        self._succ: int = 0
+        self._fail: int = 0
+        self._slow: int = 0
+        self._csucc: int = 0
+        self._cfail: int = 0
+        self._trials: int = 0
+        self._state = CLOSED
+        self._changed_at = self._now()
+        self._enter(_initial_state(initial_state), self._changed_at)
+
+    def __repr__(self) -> str:
+        return f"<CircuitBreaker {self._name!r} {self.state.value}>"
+
+    # -- reading ---------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    @property
+    def call_timeout(self) -> float | None:
+        return self._call_timeout
+
+    @property
+    def generation(self) -> int:
+        self._tick(self._now())
+        return self._generation
+
+    @property
+    def state(self) -> State:
+        """The state now, after any move that time alone has made due."""
+        self._tick(self._now())
+        return self._state
+
+    @property
+    def retry_after(self) -> float | None:
+        """Seconds until a trial call is admitted, when the breaker is open."""
+        now = self._now()
+        self._tick(now)
+        return max(0.0, self._retry_at - now) if self._state is OPEN else None
+
+    def counts(self) -> Counts:
+        """The counts the trip rules see now."""
+        return self._counts(self._now())
+
+    def metrics(self) -> Metrics:
+        """A frozen snapshot of totals, rates and state."""
+        now = self._now()
+        self._tick(now)
+        counts = self._counts(now)
+        return Metrics(
+            name=self._name,
+            state=self._state,
+            generation=self._generation,
+            calls=self._t_succ + self._t_fail + self._t_ign,
+            successes=self._t_succ,
+            failures=self._t_fail,
+            ignored=self._t_ign,
+            slow_calls=self._t_slow,
+            rejected=self._t_rej,
+            failure_rate=counts.failure_rate,
+            slow_call_rate=counts.slow_call_rate,
+            consecutive_successes=counts.consecutive_successes,
+            consecutive_failures=counts.consecutive_failures,
+            state_changed_at=self._changed_at,
+            retry_after=max(0.0, self._retry_at - now) if self._state is OPEN else None,
+        )
+
+    # -- guarded calls ---------------------------------------------------
+
+    async def call(
+        self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Run ``await fn(*args, **kwargs)`` under the breaker."""
+        if self._state is CLOSED and self._interval_end is None:
+            kind = ADMIT
+        else:
+            kind = self._admit()
+            if kind == REJECT:
+                raise self.open_error()
+        gen = self._generation
+        started = self._now() if self._slow_after is not None else 0.0
+        timeout = self._call_timeout
+        if timeout is not None:
+            return await self._call_with_deadline(
+                gen, kind, started, timeout, fn, args, kwargs
+            )
+        try:
+            result = await fn(*args, **kwargs)
+        except BaseException as exc:
+            self._settle_error(gen, kind, started, exc)
+            raise
+        self._succeeded(gen, kind, started)
+        return result
+
+    async def _call_with_deadline(
+        self,
+        gen: int,
+        kind: int,
+        started: float,
+        timeout: float,
+        fn: Callable[..., Awaitable[T]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> T:
+        deadline = start_deadline(self._clock, timeout)
+        try:
+            result = await fn(*args, **kwargs)
+        except BaseException as exc:
+            if deadline.expired(exc):
+                self._failed(gen, kind, started, True)
+                raise CallTimeoutError(self._name, timeout) from None
+            self._settle_error(gen, kind, started, exc)
+            raise
+        deadline.expired(None)
+        self._succeeded(gen, kind, started)
+        return result
+
+    def guard(self, *, timeout: float | None = _UNSET) -> Guard:
+        """A fresh async context manager that guards the block it wraps.
+
+        ``timeout`` overrides the breaker's ``call_timeout`` for this block;
+        ``None`` means no deadline.
+        """
+        if timeout is _UNSET:
+            timeout = self._call_timeout
+        else:
+            timeout = _optional_seconds("timeout", timeout)
+        return Guard(self, timeout)
+
+    def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+        """Use the breaker as a decorator on an async function."""
+        if not callable(fn):
+            raise InvalidSettingTypeError("fn", fn, "an async function")
+
+        @functools.wraps(fn)
+        async def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
+            return await self.call(fn, *args, **kwargs)
+
+        return guarded
+
+    # -- the low-level API used by integrations ---------------------------
+
+    def acquire(self) -> Permit | None:
+        """Admit a call: a :class:`Permit`, or ``None`` when rejected (counted)."""
+        kind = self._admit()
+        if kind == REJECT:
+            return None
+        started = self._now() if self._slow_after is not None else 0.0
+        return Permit(self._generation, kind, started)
+
+    def open_error(
+        self, cls: type[CircuitOpenError] = CircuitOpenError
+    ) -> CircuitOpenError:
+        """A fresh rejection error describing the state now."""
+        state = self._state
+        if state is OPEN:
+            return cls(self._name, state, max(0.0, self._retry_at - self._now()))
+        return cls(self._name, state, None)
+
+    def record_success(self, permit: Permit) -> None:
+        self._succeeded(permit.generation, permit.kind, permit.started)
+
+    def record_failure(self, permit: Permit, *, timed_out: bool = False) -> None:
+        self._failed(permit.generation, permit.kind, permit.started, timed_out)
+
+    def record_ignored(self, permit: Permit) -> None:
+        self._t_ign += 1
+        self._give_back(permit.generation, permit.kind)
+
+    def release(self, permit: Permit) -> None:
+        """End a call that has no outcome (the caller cancelled it)."""
+        self._give_back(permit.generation, permit.kind)
+
+    def record_exception(self, permit: Permit, exc: BaseException) -> None:
+        """Classify ``exc`` with ``is_failure`` and record it."""
+        self._settle_error(permit.generation, permit.kind, permit.started, exc)
+
+    async def wait_ready(self) -> None:
+        """Return once a call would be admitted, without polling."""
+        while True:
+            now = self._now()
+            self._tick(now)
+            state = self._state
+            if state is CLOSED or state is DISABLED:
+                return
+            if state is HALF_OPEN and self._trials < self._max_requests:
+                return
+            if self._waiters is None:
+                self._waiters = anyio.Event()
+            event = self._waiters
+            when = self._retry_at if state is OPEN else self._half_open_until
+            if when is None:
+                await event.wait()
+            else:
+                with self._clock.deadline_scope(when):
+                    await event.wait()
+
+    # -- manual control --------------------------------------------------
+
+    def force_open(self) -> None:
+        """Reject every call until :meth:`reset`."""
+        self._manual(FORCED_OPEN)
+
+    def disable(self) -> None:
+        """Admit every call and never trip, until :meth:`reset`; still counts."""
+        self._manual(DISABLED)
+
+    def reset(self) -> None:
+        """Back to closed with the counts cleared and the backoff restarted."""
+        if self._state is CLOSED:
+            self._opens = 0
+            self._clear_counts()
+            return
+        self._manual(CLOSED)
+
+    def _manual(self, to: State) -> None:
+        if self._state is not to:
+            self._transition(to, "manual", self._now())
+
+    # -- the state machine -----------------------------------------------
+
+    def _admit(self) -> int:
+        state = self._state
+        if state is CLOSED:
+            end = self._interval_end
+            if end is not None:
+                now = self._now()
+                if now >= end:
+                    self._clear_counts()
+                    self._interval_end = now + self._interval  # type: ignore[operator]
+            return ADMIT
+        if state is DISABLED:
+            return ADMIT
+        if state is not FORCED_OPEN:
+            self._tick(self._now())
+            if self._state is HALF_OPEN and self._trials < self._max_requests:
+                self._trials += 1
+                return TRIAL
+        self._t_rej += 1
+        return REJECT
+
+    def _tick(self, now: float) -> None:
+        state = self._state
+        if state is OPEN and now >= self._retry_at:
+            self._transition(HALF_OPEN, "reset_timeout_elapsed", now)
+        elif (
+            state is HALF_OPEN
+            and self._half_open_until is not None
+            and now >= self._half_open_until
+        ):
+            self._transition(OPEN, "half_open_max_wait", now)
+
+    def _succeeded(self, gen: int, kind: int, started: float) -> None:
+        self._t_succ += 1
+        slow = False
+        if self._slow_after is not None:
+            slow = self._now() - started >= self._slow_after
+            self._t_slow += slow
+        if gen != self._generation:
+            return
+        self._succ += 1
+        self._csucc += 1
+        self._cfail = 0
+        if slow:
+            self._slow += 1
+        if self._window is not None:
+            self._window.record(self._now(), False, slow)
+        state = self._state
+        if state is HALF_OPEN:
+            self._judge_trials()
+        elif slow and state is CLOSED:
+            self._check_rules()
+
+    def _failed(self, gen: int, kind: int, started: float, timed_out: bool) -> None:
+        self._t_fail += 1
+        slow = timed_out
+        if not slow and self._slow_after is not None:
+            slow = self._now() - started >= self._slow_after
+        self._t_slow += slow
+        if gen != self._generation:
+            return
+        self._fail += 1
+        self._cfail += 1
+        self._csucc = 0
+        if slow:
+            self._slow += 1
+        if self._window is not None:
+            self._window.record(self._now(), True, slow)
+        state = self._state
+        if state is CLOSED:
+            self._check_rules()
+        elif state is HALF_OPEN:
+            if self._success_ratio is None:
+                self._transition(OPEN, "trial_failed", self._now())
+            else:
+                self._judge_trials()
+
+    def _settle_error(
+        self, gen: int, kind: int, started: float, exc: BaseException
+    ) -> None:
+        if not isinstance(exc, Exception):
+            # Cancellation (and KeyboardInterrupt, SystemExit) is no outcome.
+            self._give_back(gen, kind)
+        elif self._counts_as_failure(exc):
+            self._failed(gen, kind, started, False)
+        else:
+            self._t_ign += 1
+            self._give_back(gen, kind)
+
+    def _counts_as_failure(self, exc: BaseException) -> bool:
+        classify = self._is_failure
+        if classify is None:
+            return True
+        try:
+            return bool(classify(exc))
+        except Exception as error:
+            _log.error(
+                "aetcd_breaker.classifier_failed",
+                breaker=self._name,
+                error=repr(error),
+                exc_info=error,
+            )
+            return True
+
+    def _give_back(self, gen: int, kind: int) -> None:
+        if kind == TRIAL and gen == self._generation:
+            self._trials -= 1
+            self._wake()
+
+    def _judge_trials(self) -> None:
+        done = self._succ + self._fail
+        ratio = self._success_ratio
+        if ratio is None:
+            if self._succ >= self._max_requests:
+                self._transition(CLOSED, "trials_succeeded", self._now())
+        elif done >= self._max_requests:
+            if self._succ >= ratio * done:
+                self._transition(CLOSED, "trials_succeeded", self._now())
+            else:
+                self._transition(OPEN, "trials_failed", self._now())
+
+    def _check_rules(self) -> None:
+        if self._threshold is not None and self._cfail >= self._threshold:
+            self._transition(OPEN, "consecutive_failures", self._now())
+            return
+        if not self._rules:
+            return
+        now = self._now()
+        counts = self._counts(now)
+        for rule in self._rules:
+            if rule(counts):
+                self._transition(OPEN, _rule_reason(rule), now)
+                return
+
+    def _counts(self, now: float) -> Counts:
+        if self._window is not None:
+            calls, failures, slow = self._window.totals(now)
+        else:
+            calls, failures, slow = self._succ + self._fail, self._fail, self._slow
+        return Counts(
+            calls=calls,
+            successes=calls - failures,
+            failures=failures,
+            slow_calls=slow,
+            consecutive_successes=self._csucc,
+            consecutive_failures=self._cfail,
+        )
+
+    def _clear_counts(self) -> None:
+        self._succ = self._fail = self._slow = self._csucc = self._cfail = 0
+        self._trials = 0
+        if self._window is not None:
+            self._window.clear()
+
+    def _transition(self, to: State, reason: str, now: float) -> None:
+        counts = self._counts(now)
+        from_state = self._state
+        self._enter(to, now)
+        retry_after = self._retry_at - now if to is OPEN else None
+        change = StateChange(
+            self._name,
+            from_state,
+            to,
+            reason,
+            self._generation,
+            now,
+            counts,
+            retry_after,
+        )
+        self._wake()
+        emit(change, self._hooks)
+
+    def _enter(self, to: State, now: float) -> None:
+        self._state = to
+        self._generation += 1
+        self._changed_at = now
+        self._clear_counts()
+        self._half_open_until = None
+        self._interval_end = None
+        if to is OPEN:
+            self._opens += 1
+            self._retry_at = now + self._open_duration(self._opens)
+        elif to is HALF_OPEN:
+            if self._half_open_wait is not None:
+                self._half_open_until = now + self._half_open_wait
+        elif to is CLOSED:
+            self._opens = 0
+            if self._interval is not None:
+                self._interval_end = now + self._interval
+
+    def _wake(self) -> None:
+        waiters = self._waiters
+        if waiters is not None:
+            self._waiters = None
+            waiters.set()
+
+
+def _optional_seconds(setting: str, value: object) -> float | None:
+    if value is None:
+        return None
+    return check_number(setting, value, strict=True)
+
+
+def _open_duration(value: object) -> OpenDuration:
+    if isinstance(value, FixedDuration | ExponentialBackoff):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return FixedDuration(float(value))
+    if callable(value):
+        return value
+    raise InvalidSettingTypeError(
+        "reset_timeout", value, "seconds or an open-duration policy"
+    )
+
+
+def _rules(rules: object) -> tuple[TripRule, ...]:
+    if callable(rules):
+        return (rules,)
+    if isinstance(rules, str | bytes) or not isinstance(rules, Iterable):
+        raise InvalidSettingTypeError("trip_rules", rules, "an iterable of callables")
+    checked = tuple(rules)
+    for rule in checked:
+        if not callable(rule):
+            raise InvalidSettingTypeError("trip_rules", rule, "a callable of Counts")
+    return checked
+
+
+def _window(window: object) -> Window | None:
+    if window is None:
+        return None
+    if not all(hasattr(window, a) for a in ("record", "totals", "clear")):
+        raise InvalidSettingTypeError("window", window, "a CountWindow or TimeWindow")
+    return window  # type: ignore[return-value]
+
+
+def _callable_or_none(setting: str, value: Any) -> Any:
+    if value is not None and not callable(value):
+        raise InvalidSettingTypeError(setting, value, "a callable or None")
+    return value
+
+
+def _clock(clock: object) -> Clock:
+    if clock is None:
+        return MonotonicClock()
+    if not isinstance(clock, Clock):
+        raise InvalidSettingTypeError(
+            "clock", clock, "an object with now(), sleep_until() and deadline_scope()"
+        )
+    return clock
+
+
+def _hooks(hooks: object) -> tuple[StateChangeHook, ...]:
+    if callable(hooks):
+        return (hooks,)
+    if isinstance(hooks, str | bytes) or not isinstance(hooks, Iterable):
+        raise InvalidSettingTypeError(
+            "on_state_change", hooks, "a callable or callables"
+        )
+    checked = tuple(hooks)
+    for hook in checked:
+        if not callable(hook):
+            raise InvalidSettingTypeError("on_state_change", hook, "a callable")
+    return checked
+
+
+def _initial_state(value: object) -> State:
+    expected = "one of closed, open, forced_open, disabled"
+    try:
+        state = State(value)  # type: ignore[arg-type]
+    except ValueError:
+        raise InvalidSettingError("initial_state", value, expected) from None
+    if state is HALF_OPEN:
+        raise InvalidSettingError("initial_state", value, expected)
+    return state

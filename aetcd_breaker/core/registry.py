@@ -1,0 +1,60 @@
+"""A process-wide registry of named breakers, held weakly."""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+from .breaker import CircuitBreaker
+from .events import Metrics
+
+__all__ = ["BreakerRegistry", "registry"]
+
+
+class BreakerRegistry:
+    """Find breakers by name; a breaker nobody else holds drops out by itself."""
+
+    def __init__(self) -> None:
+        self._breakers: weakref.WeakValueDictionary[str, CircuitBreaker] = (
+            weakref.WeakValueDictionary()
+        )
+
+    def get_or_create(self, name: str, **settings: Any) -> CircuitBreaker:
+        """The breaker called ``name``; made with ``settings`` if there is none.
+
+        Settings are used only when the breaker is made; an existing breaker
+        is returned as it is.
+        """
+        breaker = self._breakers.get(name)
+        if breaker is None:
+            breaker = CircuitBreaker(name=name, **settings)
+            self._breakers[name] = breaker
+        return breaker
+
+    def register(self, breaker: CircuitBreaker) -> CircuitBreaker:
+        """Add a breaker made elsewhere; its name must be free."""
+        held = self._breakers.get(breaker.name)
+        if held is not None and held is not breaker:
+            raise ValueError(f"a breaker named {breaker.name!r} is already registered")
+        self._breakers[breaker.name] = breaker
+        return breaker
+
+    def get(self, name: str) -> CircuitBreaker | None:
+        return self._breakers.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._breakers.keys())
+
+    def metrics(self) -> dict[str, Metrics]:
+        """A snapshot of every registered breaker, by name."""
+        return {name: b.metrics() for name, b in sorted(self._breakers.items())}
+
+    def __len__(self) -> int:
+        return len(self._breakers)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._breakers
+
+
+registry = BreakerRegistry()
+"""The process-wide registry."""
