@@ -35,26 +35,19 @@ from typing import Any, Final, ParamSpec, TypeVar
 import anyio
 import structlog
 
-from ._clock import Clock, MonotonicClock
+from . import _settings as settings
+from ._clock import Clock
 from ._deadline import start_deadline
-from .errors import (
-    CallTimeoutError,
-    CircuitOpenError,
-    InvalidSettingError,
-    InvalidSettingTypeError,
-)
+from .errors import CallTimeoutError, CircuitOpenError, InvalidSettingTypeError
 from .events import Counts, Metrics, State, StateChange, StateChangeHook, emit
 from .guard import Guard, Permit
 from .policies import (
     ConsecutiveFailures,
-    ExponentialBackoff,
     FailureRate,
-    FixedDuration,
     OpenDuration,
     SlowCallRate,
     TripRule,
     check_count,
-    check_number,
     check_ratio,
 )
 from .windows import Window
@@ -91,7 +84,7 @@ def _rule_reason(rule: TripRule) -> str:
 class CircuitBreaker:
     """A circuit breaker for async calls; see the module docstring for the rules.
 
-    Settings (keyword only; zero and ``None`` meanings in the README):
+    Settings (keyword only; defaults and what ``None`` means are in the README):
         name: shown in errors, logs and metrics.
         max_requests: trial permits per half-open period.
         interval: seconds after which the closed-state counts are cleared
@@ -116,12 +109,15 @@ class CircuitBreaker:
 
     __slots__ = (
         "__weakref__",
+        "_b_csucc",
+        "_b_fail",
+        "_b_slow",
+        "_b_succ",
         "_call_timeout",
         "_cfail",
         "_changed_at",
         "_clock",
-        "_csucc",
-        "_fail",
+        "_fast_gen",
         "_generation",
         "_half_open_until",
         "_half_open_wait",
@@ -136,10 +132,8 @@ class CircuitBreaker:
         "_opens",
         "_retry_at",
         "_rules",
-        "_slow",
         "_slow_after",
         "_state",
-        "_succ",
         "_success_ratio",
         "_t_fail",
         "_t_ign",
@@ -174,49 +168,50 @@ class CircuitBreaker:
             raise InvalidSettingTypeError("name", name, "a non-empty str")
         self._name = name
         self._max_requests = check_count("max_requests", max_requests)
-        self._interval = _optional_seconds("interval", interval)
-        self._open_duration = _open_duration(reset_timeout)
+        self._interval = settings.optional_seconds("interval", interval)
+        self._open_duration = settings.open_duration(reset_timeout)
         self._threshold = (
             None
             if failure_threshold is None
             else ConsecutiveFailures(failure_threshold).threshold
         )
-        self._call_timeout = _optional_seconds("call_timeout", call_timeout)
-        self._rules = _rules(trip_rules)
-        self._window = _window(window)
+        self._call_timeout = settings.optional_seconds("call_timeout", call_timeout)
+        self._rules = settings.rules(trip_rules)
+        self._window = settings.window(window)
         self._success_ratio = (
             None
             if success_ratio is None
             else check_ratio("success_ratio", success_ratio)
         )
-        self._half_open_wait = _optional_seconds(
+        self._half_open_wait = settings.optional_seconds(
             "half_open_max_wait", half_open_max_wait
         )
-        self._is_failure = _callable_or_none("is_failure", is_failure)
-        self._clock = _clock(clock)
+        self._is_failure = settings.callable_or_none("is_failure", is_failure)
+        self._clock = settings.clock(clock)
         self._now = self._clock.now
-        self._hooks = _hooks(on_state_change)
+        self._hooks = settings.hooks(on_state_change)
         slow = [
             r.slow_call_duration for r in self._rules if isinstance(r, SlowCallRate)
         ]
         self._slow_after = min(slow) if slow else None
 
+        # Lifetime totals, and the totals at the moment the rule counts were
+        # last cleared: the counts the rules see are the differences, which
+        # keeps the success path down to two increments.
+        self._t_succ = self._t_fail = self._t_ign = self._t_slow = self._t_rej = 0
+        self._b_succ = self._b_fail = self._b_slow = self._b_csucc = 0
+        self._cfail = 0
+        self._trials = 0
         self._generation = 0
+        self._fast_gen = -1
         self._opens = 0
         self._retry_at = 0.0
         self._half_open_until: float | None = None
         self._interval_end: float | None = None
         self._waiters: anyio.Event | None = None
-        self._t_succ = self._t_fail = self._t_ign = self._t_slow = self._t_rej = 0
-        self._succ: int = 0
-        self._fail: int = 0
-        self._slow: int = 0
-        self._csucc: int = 0
-        self._cfail: int = 0
-        self._trials: int = 0
         self._state = CLOSED
         self._changed_at = self._now()
-        self._enter(_initial_state(initial_state), self._changed_at)
+        self._enter(settings.initial_state(initial_state), self._changed_at)
 
     def __repr__(self) -> str:
         return f"<CircuitBreaker {self._name!r} {self.state.value}>"
@@ -236,6 +231,10 @@ class CircuitBreaker:
         return self._call_timeout
 
     @property
+    def max_requests(self) -> int:
+        return self._max_requests
+
+    @property
     def generation(self) -> int:
         self._tick(self._now())
         return self._generation
@@ -252,6 +251,11 @@ class CircuitBreaker:
         now = self._now()
         self._tick(now)
         return max(0.0, self._retry_at - now) if self._state is OPEN else None
+
+    @property
+    def trials_in_flight(self) -> int:
+        """Half-open trial permits taken and not yet given back."""
+        return self._trials if self._state is HALF_OPEN else 0
 
     def counts(self) -> Counts:
         """The counts the trip rules see now."""
@@ -286,47 +290,52 @@ class CircuitBreaker:
         self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
     ) -> T:
         """Run ``await fn(*args, **kwargs)`` under the breaker."""
-        if self._state is CLOSED and self._interval_end is None:
-            kind = ADMIT
-        else:
+        gen = self._fast_gen
+        if gen < 0:
+            if self._state is OPEN:
+                # Rejecting is the whole job of an open breaker: keep it short.
+                now = self._now()
+                if now < self._retry_at:
+                    self._t_rej += 1
+                    raise CircuitOpenError(self._name, OPEN, self._retry_at - now)
             kind = self._admit()
             if kind == REJECT:
                 raise self.open_error()
-        gen = self._generation
-        started = self._now() if self._slow_after is not None else 0.0
-        timeout = self._call_timeout
-        if timeout is not None:
-            return await self._call_with_deadline(
-                gen, kind, started, timeout, fn, args, kwargs
-            )
+            return await self._call(kind, self._call_timeout, fn, args, kwargs)
+        # The plain closed state: no deadline, window, slow rule or interval.
         try:
             result = await fn(*args, **kwargs)
         except BaseException as exc:
-            self._settle_error(gen, kind, started, exc)
+            self._settle_error(gen, ADMIT, 0.0, exc)
             raise
-        self._succeeded(gen, kind, started)
+        if gen == self._fast_gen:
+            self._t_succ += 1
+            self._cfail = 0
+        else:
+            self._succeeded(gen, ADMIT, 0.0)
         return result
 
-    async def _call_with_deadline(
+    async def _call(
         self,
-        gen: int,
         kind: int,
-        started: float,
-        timeout: float,
+        timeout: float | None,
         fn: Callable[..., Awaitable[T]],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> T:
-        deadline = start_deadline(self._clock, timeout)
+        gen = self._generation
+        started = self._now() if self._slow_after is not None else 0.0
+        deadline = None if timeout is None else start_deadline(self._clock, timeout)
         try:
             result = await fn(*args, **kwargs)
         except BaseException as exc:
-            if deadline.expired(exc):
+            if deadline is not None and deadline.expired(exc):
                 self._failed(gen, kind, started, True)
-                raise CallTimeoutError(self._name, timeout) from None
+                raise CallTimeoutError(self._name, timeout) from None  # type: ignore[arg-type]
             self._settle_error(gen, kind, started, exc)
             raise
-        deadline.expired(None)
+        if deadline is not None:
+            deadline.expired(None)
         self._succeeded(gen, kind, started)
         return result
 
@@ -339,7 +348,7 @@ class CircuitBreaker:
         if timeout is _UNSET:
             timeout = self._call_timeout
         else:
-            timeout = _optional_seconds("timeout", timeout)
+            timeout = settings.optional_seconds("timeout", timeout)
         return Guard(self, timeout)
 
     def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
@@ -379,6 +388,7 @@ class CircuitBreaker:
         self._failed(permit.generation, permit.kind, permit.started, timed_out)
 
     def record_ignored(self, permit: Permit) -> None:
+        """An error that is not counted; a trial's permit is given back."""
         self._t_ign += 1
         self._give_back(permit.generation, permit.kind)
 
@@ -393,8 +403,7 @@ class CircuitBreaker:
     async def wait_ready(self) -> None:
         """Return once a call would be admitted, without polling."""
         while True:
-            now = self._now()
-            self._tick(now)
+            self._tick(self._now())
             state = self._state
             if state is CLOSED or state is DISABLED:
                 return
@@ -446,6 +455,9 @@ class CircuitBreaker:
             return ADMIT
         if state is DISABLED:
             return ADMIT
+        if state is OPEN and self._now() < self._retry_at:
+            self._t_rej += 1
+            return REJECT
         if state is not FORCED_OPEN:
             self._tick(self._now())
             if self._state is HALF_OPEN and self._trials < self._max_requests:
@@ -472,12 +484,11 @@ class CircuitBreaker:
             slow = self._now() - started >= self._slow_after
             self._t_slow += slow
         if gen != self._generation:
+            self._b_succ += 1
+            self._b_csucc += 1
+            self._b_slow += slow
             return
-        self._succ += 1
-        self._csucc += 1
         self._cfail = 0
-        if slow:
-            self._slow += 1
         if self._window is not None:
             self._window.record(self._now(), False, slow)
         state = self._state
@@ -493,12 +504,11 @@ class CircuitBreaker:
             slow = self._now() - started >= self._slow_after
         self._t_slow += slow
         if gen != self._generation:
+            self._b_fail += 1
+            self._b_slow += slow
             return
-        self._fail += 1
         self._cfail += 1
-        self._csucc = 0
-        if slow:
-            self._slow += 1
+        self._b_csucc = self._t_succ
         if self._window is not None:
             self._window.record(self._now(), True, slow)
         state = self._state
@@ -543,13 +553,14 @@ class CircuitBreaker:
             self._wake()
 
     def _judge_trials(self) -> None:
-        done = self._succ + self._fail
+        successes = self._t_succ - self._b_succ
+        done = successes + self._t_fail - self._b_fail
         ratio = self._success_ratio
         if ratio is None:
-            if self._succ >= self._max_requests:
+            if successes >= self._max_requests:
                 self._transition(CLOSED, "trials_succeeded", self._now())
         elif done >= self._max_requests:
-            if self._succ >= ratio * done:
+            if successes >= ratio * done:
                 self._transition(CLOSED, "trials_succeeded", self._now())
             else:
                 self._transition(OPEN, "trials_failed", self._now())
@@ -571,18 +582,23 @@ class CircuitBreaker:
         if self._window is not None:
             calls, failures, slow = self._window.totals(now)
         else:
-            calls, failures, slow = self._succ + self._fail, self._fail, self._slow
+            failures = self._t_fail - self._b_fail
+            calls = self._t_succ - self._b_succ + failures
+            slow = self._t_slow - self._b_slow
         return Counts(
             calls=calls,
             successes=calls - failures,
             failures=failures,
             slow_calls=slow,
-            consecutive_successes=self._csucc,
+            consecutive_successes=self._t_succ - self._b_csucc,
             consecutive_failures=self._cfail,
         )
 
     def _clear_counts(self) -> None:
-        self._succ = self._fail = self._slow = self._csucc = self._cfail = 0
+        self._b_succ = self._b_csucc = self._t_succ
+        self._b_fail = self._t_fail
+        self._b_slow = self._t_slow
+        self._cfail = 0
         self._trials = 0
         if self._window is not None:
             self._window.clear()
@@ -622,88 +638,17 @@ class CircuitBreaker:
             self._opens = 0
             if self._interval is not None:
                 self._interval_end = now + self._interval
+        plain = (
+            to is CLOSED
+            and self._interval is None
+            and self._window is None
+            and self._slow_after is None
+            and self._call_timeout is None
+        )
+        self._fast_gen = self._generation if plain else -1
 
     def _wake(self) -> None:
         waiters = self._waiters
         if waiters is not None:
             self._waiters = None
             waiters.set()
-
-
-def _optional_seconds(setting: str, value: object) -> float | None:
-    if value is None:
-        return None
-    return check_number(setting, value, strict=True)
-
-
-def _open_duration(value: object) -> OpenDuration:
-    if isinstance(value, FixedDuration | ExponentialBackoff):
-        return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return FixedDuration(float(value))
-    if callable(value):
-        return value
-    raise InvalidSettingTypeError(
-        "reset_timeout", value, "seconds or an open-duration policy"
-    )
-
-
-def _rules(rules: object) -> tuple[TripRule, ...]:
-    if callable(rules):
-        return (rules,)
-    if isinstance(rules, str | bytes) or not isinstance(rules, Iterable):
-        raise InvalidSettingTypeError("trip_rules", rules, "an iterable of callables")
-    checked = tuple(rules)
-    for rule in checked:
-        if not callable(rule):
-            raise InvalidSettingTypeError("trip_rules", rule, "a callable of Counts")
-    return checked
-
-
-def _window(window: object) -> Window | None:
-    if window is None:
-        return None
-    if not all(hasattr(window, a) for a in ("record", "totals", "clear")):
-        raise InvalidSettingTypeError("window", window, "a CountWindow or TimeWindow")
-    return window  # type: ignore[return-value]
-
-
-def _callable_or_none(setting: str, value: Any) -> Any:
-    if value is not None and not callable(value):
-        raise InvalidSettingTypeError(setting, value, "a callable or None")
-    return value
-
-
-def _clock(clock: object) -> Clock:
-    if clock is None:
-        return MonotonicClock()
-    if not isinstance(clock, Clock):
-        raise InvalidSettingTypeError(
-            "clock", clock, "an object with now(), sleep_until() and deadline_scope()"
-        )
-    return clock
-
-
-def _hooks(hooks: object) -> tuple[StateChangeHook, ...]:
-    if callable(hooks):
-        return (hooks,)
-    if isinstance(hooks, str | bytes) or not isinstance(hooks, Iterable):
-        raise InvalidSettingTypeError(
-            "on_state_change", hooks, "a callable or callables"
-        )
-    checked = tuple(hooks)
-    for hook in checked:
-        if not callable(hook):
-            raise InvalidSettingTypeError("on_state_change", hook, "a callable")
-    return checked
-
-
-def _initial_state(value: object) -> State:
-    expected = "one of closed, open, forced_open, disabled"
-    try:
-        state = State(value)  # type: ignore[arg-type]
-    except ValueError:
-        raise InvalidSettingError("initial_state", value, expected) from None
-    if state is HALF_OPEN:
-        raise InvalidSettingError("initial_state", value, expected)
-    return state

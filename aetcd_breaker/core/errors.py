@@ -43,14 +43,24 @@ class CircuitOpenError(BreakerError):
             trial permit in use).
     """
 
-    def __init__(self, breaker: str, state: State, retry_after: float | None) -> None:
-        self.breaker = breaker
-        self.state = state
-        self.retry_after = retry_after
-        super().__init__(_open_message(breaker, state, retry_after))
+    # No __init__ of our own: rejections are the hot path of an open breaker,
+    # and BaseException stores the three arguments in ``args`` for free.
+    args: tuple[str, State, float | None]
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.breaker, self.state, self.retry_after))
+    @property
+    def breaker(self) -> str:
+        return self.args[0]
+
+    @property
+    def state(self) -> State:
+        return self.args[1]
+
+    @property
+    def retry_after(self) -> float | None:
+        return self.args[2]
+
+    def __str__(self) -> str:
+        return _open_message(*self.args)
 
 
 def _open_message(breaker: str, state: State, retry_after: float | None) -> str:

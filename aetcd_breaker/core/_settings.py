@@ -1,0 +1,97 @@
+"""Validation of breaker settings: a bad value is named in a clear error."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from ._clock import Clock, MonotonicClock
+from .errors import InvalidSettingError, InvalidSettingTypeError
+from .events import State, StateChangeHook
+from .policies import (
+    ExponentialBackoff,
+    FixedDuration,
+    OpenDuration,
+    TripRule,
+    check_number,
+)
+from .windows import Window
+
+
+def optional_seconds(setting: str, value: object) -> float | None:
+    if value is None:
+        return None
+    return check_number(setting, value, strict=True)
+
+
+def open_duration(value: object) -> OpenDuration:
+    if isinstance(value, FixedDuration | ExponentialBackoff):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return FixedDuration(float(value))
+    if callable(value):
+        return value
+    raise InvalidSettingTypeError(
+        "reset_timeout", value, "seconds or an open-duration policy"
+    )
+
+
+def rules(rules: object) -> tuple[TripRule, ...]:
+    if callable(rules):
+        return (rules,)
+    if isinstance(rules, str | bytes) or not isinstance(rules, Iterable):
+        raise InvalidSettingTypeError("trip_rules", rules, "an iterable of callables")
+    checked = tuple(rules)
+    for rule in checked:
+        if not callable(rule):
+            raise InvalidSettingTypeError("trip_rules", rule, "a callable of Counts")
+    return checked
+
+
+def window(window: object) -> Window | None:
+    if window is None:
+        return None
+    if not all(hasattr(window, a) for a in ("record", "totals", "clear")):
+        raise InvalidSettingTypeError("window", window, "a CountWindow or TimeWindow")
+    return window  # type: ignore[return-value]
+
+
+def callable_or_none(setting: str, value: Any) -> Any:
+    if value is not None and not callable(value):
+        raise InvalidSettingTypeError(setting, value, "a callable or None")
+    return value
+
+
+def clock(clock: object) -> Clock:
+    if clock is None:
+        return MonotonicClock()
+    if not isinstance(clock, Clock):
+        raise InvalidSettingTypeError(
+            "clock", clock, "an object with now(), sleep_until() and deadline_scope()"
+        )
+    return clock
+
+
+def hooks(hooks: object) -> tuple[StateChangeHook, ...]:
+    if callable(hooks):
+        return (hooks,)
+    if isinstance(hooks, str | bytes) or not isinstance(hooks, Iterable):
+        raise InvalidSettingTypeError(
+            "on_state_change", hooks, "a callable or callables"
+        )
+    checked = tuple(hooks)
+    for hook in checked:
+        if not callable(hook):
+            raise InvalidSettingTypeError("on_state_change", hook, "a callable")
+    return checked
+
+
+def initial_state(value: object) -> State:
+    expected = "one of closed, open, forced_open, disabled"
+    try:
+        state = State(value)  # type: ignore[arg-type]
+    except ValueError:
+        raise InvalidSettingError("initial_state", value, expected) from None
+    if state is State.HALF_OPEN:
+        raise InvalidSettingError("initial_state", value, expected)
+    return state
