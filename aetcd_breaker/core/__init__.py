@@ -3,7 +3,7 @@
 Pure anyio: it runs on asyncio and trio and knows nothing of etcd.
 """
 
-from ._clock import Clock, FakeClock, MonotonicClock
+from ._clock import Clock, FakeClock, MonotonicClock, TimerHandle
 from .breaker import CircuitBreaker
 from .errors import (
     BreakerError,
@@ -52,6 +52,7 @@ __all__ = [
     "StateChange",
     "StateChangeHook",
     "TimeWindow",
+    "TimerHandle",
     "TripRule",
     "Window",
     "registry",

@@ -1,16 +1,24 @@
-"""Time for the breaker: reading it, sleeping until a moment, and deadlines."""
+"""Time for the breaker: reading it, sleeping until a moment, and timers."""
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
 import math
 import time
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 import anyio
 
-__all__ = ["Clock", "FakeClock", "MonotonicClock"]
+__all__ = ["Clock", "FakeClock", "MonotonicClock", "TimerHandle", "scope_until"]
+
+
+class TimerHandle(Protocol):
+    """What a clock's timer returns: something that can be cancelled."""
+
+    def cancel(self) -> None: ...
 
 
 @runtime_checkable
@@ -18,8 +26,8 @@ class Clock(Protocol):
     """What the breaker needs of time.
 
     ``now()`` is read on the hot path, so it must be cheap. ``sleep_until``
-    and ``deadline_scope`` let a fake clock drive open durations and call
-    deadlines in tests without any real waiting.
+    and ``call_at`` let a fake clock drive open durations and call deadlines
+    in tests without any real waiting.
     """
 
     def now(self) -> float:
@@ -30,8 +38,8 @@ class Clock(Protocol):
         """Return once ``now() >= when``."""
         ...
 
-    def deadline_scope(self, when: float) -> anyio.CancelScope:
-        """Return a cancel scope that cancels its body once ``now() >= when``."""
+    def call_at(self, when: float, callback: Callable[[], object]) -> TimerHandle:
+        """Run ``callback()`` (on the event loop) once ``now() >= when``."""
         ...
 
 
@@ -45,17 +53,40 @@ class MonotonicClock:
     async def sleep_until(self, when: float) -> None:
         await anyio.sleep(max(0.0, when - time.monotonic()))
 
-    def deadline_scope(self, when: float) -> anyio.CancelScope:
+    def call_at(self, when: float, callback: Callable[[], object]) -> TimerHandle:
+        # Only asyncio has loop timers; on trio the breaker uses cancel scopes
+        # with anyio deadlines for this clock instead.
+        loop = asyncio.get_running_loop()
+        return loop.call_later(max(0.0, when - time.monotonic()), callback)
+
+
+def scope_until(clock: Clock, when: float) -> anyio.CancelScope:
+    """A cancel scope that ``clock`` cancels once ``now() >= when``."""
+    if type(clock) is MonotonicClock:
         # anyio's deadlines run on the backend's own clock (trio's is offset
         # from time.monotonic), so translate through the remaining seconds.
         remaining = max(0.0, when - time.monotonic())
         return anyio.CancelScope(deadline=anyio.current_time() + remaining)
+    scope = anyio.CancelScope()
+    clock.call_at(when, scope.cancel)
+    return scope
+
+
+class _FakeTimer:
+    __slots__ = ("callback", "cancelled")
+
+    def __init__(self, callback: Callable[[], object]) -> None:
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
 
 
 class FakeClock:
     """A clock that moves only when a test calls :meth:`advance`.
 
-    Sleepers and deadlines registered with it fire during ``advance`` once
+    Sleepers and timers registered with it fire during ``advance`` once
     their moment has come, on asyncio and on trio alike. Nothing waits for
     real time.
     """
@@ -65,44 +96,51 @@ class FakeClock:
             raise ValueError(f"start must be a finite number, got {start!r}")
         self._now = float(start)
         self._seq = itertools.count()
-        self._sleepers: list[tuple[float, int, anyio.Event]] = []
-        self._scopes: list[tuple[float, int, anyio.CancelScope]] = []
+        self._timers: list[tuple[float, int, _FakeTimer]] = []
 
     def now(self) -> float:
         return self._now
 
     @property
     def sleepers(self) -> int:
-        """How many tasks are sleeping on this clock right now."""
-        return sum(1 for _, _, event in self._sleepers if not event.is_set())
+        """How many timers (sleeps, deadlines, waits) are pending right now."""
+        return sum(1 for _, _, timer in self._timers if not timer.cancelled)
+
+    def call_at(self, when: float, callback: Callable[[], object]) -> TimerHandle:
+        timer = _FakeTimer(callback)
+        if when <= self._now:
+            callback()
+        else:
+            heapq.heappush(self._timers, (when, next(self._seq), timer))
+        return timer
 
     async def sleep_until(self, when: float) -> None:
         if when <= self._now:
             await anyio.lowlevel.checkpoint()
             return
         event = anyio.Event()
-        heapq.heappush(self._sleepers, (when, next(self._seq), event))
-        await event.wait()
+        timer = self.call_at(when, event.set)
+        try:
+            await event.wait()
+        finally:
+            timer.cancel()
 
     def deadline_scope(self, when: float) -> anyio.CancelScope:
-        scope = anyio.CancelScope()
-        if when <= self._now:
-            scope.cancel()
-        else:
-            heapq.heappush(self._scopes, (when, next(self._seq), scope))
-        return scope
+        """A cancel scope this clock cancels once ``now() >= when``."""
+        return scope_until(self, when)
 
     def advance(self, seconds: float) -> None:
-        """Move time forward and wake whatever has fallen due."""
+        """Move time forward and run whatever has fallen due, in time order."""
         if not seconds >= 0:
             raise ValueError(f"seconds must be >= 0, got {seconds!r}")
         self._now += seconds
-        while self._scopes and self._scopes[0][0] <= self._now:
-            heapq.heappop(self._scopes)[2].cancel()
-        while self._sleepers and self._sleepers[0][0] <= self._now:
-            heapq.heappop(self._sleepers)[2].set()
+        while self._timers and self._timers[0][0] <= self._now:
+            timer = heapq.heappop(self._timers)[2]
+            if not timer.cancelled:
+                timer.cancelled = True
+                timer.callback()
 
     async def wait_for_sleepers(self, count: int = 1) -> None:
-        """Let other tasks run until at least ``count`` of them sleep here."""
+        """Let other tasks run until at least ``count`` timers are pending."""
         while self.sleepers < count:
             await anyio.sleep(0)

@@ -1,4 +1,10 @@
-"""Per-call deadlines: a shared timer wheel on asyncio, a cancel scope elsewhere."""
+"""Per-call deadlines: task timers on asyncio, cancel scopes on trio.
+
+On asyncio a deadline cancels the calling task and recognises its own
+cancellation by the task's cancel count (as ``asyncio.timeout`` does), not by
+a cancel message: gRPC's asyncio calls raise a fresh ``CancelledError`` that
+drops the message, which defeats ``anyio.fail_after`` around an aetcd call.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,7 @@ import math
 
 import anyio
 
-from ._clock import Clock, MonotonicClock
+from ._clock import Clock, MonotonicClock, TimerHandle, scope_until
 
 __all__ = ["RESOLUTION", "Deadline", "start_deadline"]
 
@@ -93,6 +99,33 @@ class _TimerDeadline(Deadline):
         return ours and isinstance(exc, asyncio.CancelledError)
 
 
+class _TaskDeadline(Deadline):
+    """A deadline from any clock's timer, for asyncio tasks."""
+
+    __slots__ = ("_fired", "_handle", "_task")
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, clock: Clock, when: float
+    ) -> None:
+        task = asyncio.current_task(loop)
+        if task is None:
+            raise RuntimeError("a deadline needs to run inside a task")
+        self._task = task
+        self._fired = False
+        self._handle: TimerHandle = clock.call_at(when, self._fire)
+
+    def _fire(self) -> None:
+        self._fired = True
+        self._task.cancel()
+
+    def expired(self, exc: BaseException | None) -> bool:
+        self._handle.cancel()
+        if not self._fired:
+            return False
+        ours = self._task.uncancel() == 0
+        return ours and isinstance(exc, asyncio.CancelledError)
+
+
 class _ScopeDeadline(Deadline):
     __slots__ = ("_scope",)
 
@@ -111,8 +144,9 @@ class _ScopeDeadline(Deadline):
 
 def start_deadline(clock: Clock, seconds: float) -> Deadline:
     """Start a deadline ``seconds`` from now for the current task."""
+    loop = asyncio._get_running_loop()
+    if loop is None:
+        return _ScopeDeadline(scope_until(clock, clock.now() + seconds))
     if type(clock) is MonotonicClock:
-        loop = asyncio._get_running_loop()
-        if loop is not None:
-            return _TimerDeadline(loop, seconds)
-    return _ScopeDeadline(clock.deadline_scope(clock.now() + seconds))
+        return _TimerDeadline(loop, seconds)
+    return _TaskDeadline(loop, clock, clock.now() + seconds)

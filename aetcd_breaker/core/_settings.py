@@ -67,7 +67,7 @@ def clock(clock: object) -> Clock:
         return MonotonicClock()
     if not isinstance(clock, Clock):
         raise InvalidSettingTypeError(
-            "clock", clock, "an object with now(), sleep_until() and deadline_scope()"
+            "clock", clock, "an object with now(), sleep_until() and call_at()"
         )
     return clock
 

@@ -36,7 +36,7 @@ import anyio
 import structlog
 
 from . import _settings as settings
-from ._clock import Clock
+from ._clock import Clock, scope_until
 from ._deadline import start_deadline
 from .errors import CallTimeoutError, CircuitOpenError, InvalidSettingTypeError
 from .events import Counts, Metrics, State, StateChange, StateChangeHook, emit
@@ -416,7 +416,7 @@ class CircuitBreaker:
             if when is None:
                 await event.wait()
             else:
-                with self._clock.deadline_scope(when):
+                with scope_until(self._clock, when):
                     await event.wait()
 
     # -- manual control --------------------------------------------------
