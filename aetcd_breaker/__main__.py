@@ -1,0 +1,7 @@
+"""``python -m aetcd_breaker``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

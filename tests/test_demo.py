@@ -1,0 +1,121 @@
+"""The main job: ``python -m aetcd_breaker demo`` against a real embedded etcd."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+pytestmark = pytest.mark.etcd
+
+TMP = tempfile.gettempdir()
+
+
+def _etcd_leftovers() -> tuple[set[str], set[int]]:
+    dirs = set(glob.glob(os.path.join(TMP, "aetcd-breaker-*")))
+    pids = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read().split(b"\0")
+        except OSError:
+            continue
+        if cmd and os.path.basename(cmd[0]) == b"etcd":
+            pids.add(int(entry))
+    return dirs, pids
+
+
+def _demo(*args: str, timeout: float = 150) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "aetcd_breaker", "demo", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_demo_goes_through_every_fault_and_leaves_nothing_behind() -> None:
+    before = _etcd_leftovers()
+    done = _demo("--log-format", "json", "--phase-seconds", "1.5")
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    events = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+    changes = [e for e in events if e["event"] == "aetcd_breaker.state_changed"]
+    summary = {e["phase"]: e for e in events if e["event"] == "demo.summary"}
+
+    assert next(iter(summary)) == "healthy"
+    assert len(summary) == 9
+    assert summary["healthy"]["ok"] > 0
+    assert summary["healthy"]["rejected"] == 0
+    for fault in ("etcd crashed (SIGKILL)", "etcd hung (SIGSTOP)", "partitioned"):
+        assert summary[fault]["rejected"] > 0, summary[fault]
+    assert summary["etcd hung (SIGSTOP)"]["timed_out"] > 0
+    assert {"closed", "open", "half_open"} <= {c["to_state"] for c in changes}
+    assert all(c["breaker"] == "etcd" for c in changes)
+    check = next(e for e in events if e["event"] == "demo.data_check")
+    assert check == {**check, "canary_kept": True, "final_state": "closed"}
+    assert _etcd_leftovers() == before
+
+
+def test_demo_console_output_ends_with_the_phase_table() -> None:
+    done = _demo("--fault", "crash", "--phase-seconds", "1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = done.stdout[done.stdout.index("phase ") :].splitlines()
+    assert table[0].split() == [
+        "phase",
+        "calls",
+        "ok",
+        "failed",
+        "timeout",
+        "rejected",
+        "p50",
+        "ms",
+        "p99",
+        "ms",
+    ]
+    assert [row.split()[0] for row in table[2:]] == ["healthy", "etcd", "restarted"]
+    assert "aetcd_breaker.state_changed" in done.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--fault", "flood"],
+        ["--phase-seconds", "0"],
+        ["--phase-seconds", "abc"],
+        ["--workers", "-3"],
+        ["--log-format", "xml"],
+    ],
+)
+def test_demo_rejects_a_bad_option_with_a_usage_error(args: list[str]) -> None:
+    done = _demo(*args, timeout=30)
+    assert done.returncode == 2
+    assert "usage:" in done.stderr
+    assert args[-1] in done.stderr
+
+
+def test_demo_interrupted_leaves_no_etcd_and_no_directory() -> None:
+    before = _etcd_leftovers()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aetcd_breaker", "demo", "--log-format", "json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 60
+    for line in proc.stdout:
+        if '"demo.phase"' in line or time.monotonic() > deadline:
+            break
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 130
+    assert _etcd_leftovers() == before
