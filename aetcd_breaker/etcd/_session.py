@@ -1,0 +1,202 @@
+"""One guarded etcd call: admission, deadline, outcome, and the client it runs on."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, TypeVar
+
+import aetcd
+import anyio
+import structlog
+
+from ..core import CircuitBreaker, InvalidSettingError, InvalidSettingTypeError
+from ..core._deadline import Deadline, start_deadline
+from ..core.breaker import ADMIT
+from ..core.guard import Permit
+from ._channel import Channels, Inner
+from .errors import EtcdCallTimeoutError, EtcdCircuitOpenError
+
+__all__ = ["Op", "Session", "check_timeout"]
+
+T = TypeVar("T")
+Op = Callable[..., Awaitable[T]]
+"""An operation: awaited with the inner aetcd client and the call's arguments."""
+
+_log = structlog.get_logger("aetcd_breaker")
+_CLOSED: Final = "the BreakerClient was closed while the call ran"
+_CUT_OFF: Final = "the call was cut off: its gRPC channel was closed under it"
+# anyio delivers a pending cancellation again on every turn of the loop; the
+# bound only guards against a scope that never does.
+_REDELIVERY_CHECKPOINTS: Final = 10
+
+
+def check_timeout(value: object, setting: str = "call_timeout") -> float:
+    """Validate a deadline in seconds: a finite number above zero."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidSettingTypeError(setting, value, "a number of seconds")
+    if not (value > 0 and math.isfinite(value)):
+        raise InvalidSettingError(setting, value, "a finite number above 0")
+    return float(value)
+
+
+async def _with_message(exc: asyncio.CancelledError) -> asyncio.CancelledError:
+    """The cancellation to handle: ``exc``, or anyio's own delivered again.
+
+    gRPC ends a cancelled call with a fresh ``CancelledError()`` that lost the
+    canceller's message, and anyio tells its cancellations by that message:
+    a cancel scope would not recognize its own. anyio cancellation is level
+    triggered, so a checkpoint inside the cancelled scope brings it back.
+    """
+    if exc.args or anyio.current_effective_deadline() != -math.inf:
+        return exc
+    for _ in range(_REDELIVERY_CHECKPOINTS):
+        try:
+            await asyncio.sleep(0)
+        except asyncio.CancelledError as delivered:
+            return delivered
+    return exc
+
+
+class Session:
+    """The breaker, the deadlines and the inner clients of one BreakerClient."""
+
+    __slots__ = (
+        "aborted",
+        "breaker",
+        "channels",
+        "clock",
+        "creating",
+        "is_failure",
+        "slow_timeout",
+        "timeout",
+    )
+
+    def __init__(
+        self,
+        breaker: CircuitBreaker,
+        channels: Channels,
+        is_failure: Callable[[BaseException], bool],
+        timeout: float,
+        slow_timeout: float,
+    ) -> None:
+        self.breaker = breaker
+        self.clock = breaker.clock
+        self.channels = channels
+        self.is_failure = is_failure
+        self.timeout = timeout
+        self.slow_timeout = slow_timeout
+        # Tasks creating a watch, and those of them that close() cut off:
+        # aetcd's watch creation waits on a condition that closing the client
+        # never signals, so close() has to cancel them itself.
+        self.creating: set[asyncio.Task[Any]] = set()
+        self.aborted: set[asyncio.Task[Any]] = set()
+
+    async def call(self, op: Op[T], call_timeout: object, /, *args: Any) -> T:
+        """Run ``op(inner_client, *args)`` under the breaker and a deadline."""
+        seconds = self.timeout if call_timeout is None else check_timeout(call_timeout)
+        breaker = self.breaker
+        permit = breaker.acquire()
+        if permit is None:
+            raise breaker.open_error(EtcdCircuitOpenError)
+        channels = self.channels
+        inner = channels.for_trial() if permit.trial else channels.current
+        inner.calls += 1
+        deadline = start_deadline(self.clock, seconds)
+        try:
+            result = await op(inner.client, *args)
+        except asyncio.CancelledError as exc:
+            error = await _with_message(exc)
+            inner.calls -= 1
+            if inner.retired:
+                channels.drained(inner)
+            self._settle(permit, deadline, seconds, inner, error)
+            if error is exc:
+                raise
+            raise error from exc
+        except BaseException as exc:
+            inner.calls -= 1
+            if inner.retired:
+                channels.drained(inner)
+            self._settle(permit, deadline, seconds, inner, exc)
+            raise
+        inner.calls -= 1
+        if inner.retired:
+            channels.drained(inner)
+        deadline.expired(None)
+        breaker.record_success(permit)
+        return result
+
+    def slow(self, call_timeout: object) -> object:
+        """The deadline of a slow-by-nature call when the call names none."""
+        return self.slow_timeout if call_timeout is None else call_timeout
+
+    def _settle(
+        self,
+        permit: Permit,
+        deadline: Deadline,
+        seconds: float,
+        inner: Inner,
+        exc: BaseException,
+    ) -> None:
+        breaker = self.breaker
+        if deadline.expired(exc):
+            breaker.record_failure(permit, timed_out=True)
+            raise EtcdCallTimeoutError(breaker.name, seconds) from None
+        if isinstance(exc, Exception):
+            if self.counts(exc):
+                breaker.record_failure(permit)
+            else:
+                breaker.record_ignored(permit)
+            return
+        if not isinstance(exc, asyncio.CancelledError):
+            breaker.release(permit)
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        if task in self.aborted:
+            self.aborted.discard(task)
+            # Our own cancel request: take it back, and let a caller's win.
+            if task.uncancel() == 0:
+                breaker.release(permit)
+                raise aetcd.ConnectionFailedError(_CLOSED) from exc
+        elif task.cancelling() == 0:
+            # Nobody cancelled this task: closing the aetcd client did, which
+            # cancels its calls with a bare CancelledError.
+            if inner.closed:
+                breaker.release(permit)
+                raise aetcd.ConnectionFailedError(_CLOSED) from exc
+            breaker.record_failure(permit)
+            raise aetcd.ConnectionFailedError(_CUT_OFF) from exc
+        breaker.release(permit)
+
+    def counts(self, exc: BaseException) -> bool:
+        """Classify an error with the client's table; a broken classifier counts."""
+        try:
+            return bool(self.is_failure(exc))
+        except Exception as error:
+            _log.error(
+                "aetcd_breaker.classifier_failed",
+                breaker=self.breaker.name,
+                error=repr(error),
+                exc_info=error,
+            )
+            return True
+
+    def stream_failed(self, exc: BaseException) -> None:
+        """A running watch stream failed: record it if it counts."""
+        if self.counts(exc):
+            breaker = self.breaker
+            # A stream failure is news of now, not a late answer to an old
+            # call: it belongs to the current generation.
+            permit = Permit(breaker.generation, ADMIT, self.clock.now())
+            breaker.record_failure(permit)
+
+    async def aclose(self) -> None:
+        """Cut off watch creations, then close the inner clients."""
+        for task in self.creating:
+            self.aborted.add(task)
+            task.cancel()
+        self.creating.clear()
+        await self.channels.aclose()

@@ -1,0 +1,226 @@
+"""Every operation of aetcd.Client exists on BreakerClient, and is really guarded.
+
+The client here points at a port nothing listens on: an unguarded call would
+fail with ``aetcd.ConnectionFailedError``, a guarded one on a forced-open
+breaker with its subclass ``EtcdCircuitOpenError``, counted as rejected.
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import math
+import socket
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import aetcd
+import pytest
+
+from aetcd_breaker.core import (
+    CircuitBreaker,
+    InvalidSettingError,
+    InvalidSettingTypeError,
+)
+from aetcd_breaker.etcd import (
+    BreakerClient,
+    EtcdCircuitOpenError,
+    Lease,
+    Member,
+)
+
+pytestmark = pytest.mark.anyio
+
+NOT_OPERATIONS = {"connect", "close", "__aenter__", "__aexit__"}
+PEER = "http://127.0.0.1:1"
+ARGS: dict[str, tuple[Any, ...]] = {
+    "get": (b"k",),
+    "get_prefix": (b"k",),
+    "get_range": (b"a", b"b"),
+    "get_all": (),
+    "put": (b"k", b"v"),
+    "delete": (b"k",),
+    "delete_prefix": (b"k",),
+    "delete_range": (b"a", b"b"),
+    "replace": (b"k", b"a", b"b"),
+    "transaction": ([], [], []),
+    "watch": (b"k",),
+    "watch_prefix": (b"k",),
+    "watch_once": (b"k",),
+    "watch_prefix_once": (b"k",),
+    "lease": (10,),
+    "revoke_lease": (1,),
+    "refresh_lease": (1,),
+    "get_lease_info": (1,),
+    "status": (),
+    "add_member": ([PEER],),
+    "remove_member": (1,),
+    "update_member": (1, [PEER]),
+    "members": (),
+    "compact": (1,),
+    "defragment": (),
+    "hash": (),
+    "create_alarm": (),
+    "list_alarms": (),
+    "disarm_alarm": (),
+    "snapshot": (io.BytesIO(),),
+}
+
+
+def aetcd_operations() -> list[str]:
+    names = []
+    for name, member in inspect.getmembers(aetcd.Client):
+        if name.startswith("_") or name in NOT_OPERATIONS:
+            continue
+        if inspect.iscoroutinefunction(member) or inspect.isasyncgenfunction(member):
+            names.append(name)
+    return sorted([*names, "lock"])
+
+
+OPERATIONS = aetcd_operations()
+
+
+def shape(parameters: Iterator[inspect.Parameter]) -> list[tuple[str, Any, Any]]:
+    return [(p.name, p.kind, p.default) for p in parameters if p.name != "self"]
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def etcd() -> AsyncIterator[BreakerClient]:
+    async with BreakerClient("127.0.0.1", closed_port()) as client:
+        yield client
+
+
+async def run(client: BreakerClient, name: str, *args: Any, **kwargs: Any) -> None:
+    """Call an operation the way its kind wants to be called."""
+    if name == "lock":
+        await client.lock(b"lock-key", ttl=5).acquire(timeout=1)
+        return
+    method = getattr(client, name)
+    if inspect.isasyncgenfunction(method):
+        async for _ in method(*args, **kwargs):
+            pass
+    else:
+        await method(*args, **kwargs)
+
+
+def test_operations_list_is_complete() -> None:
+    assert len(OPERATIONS) >= 31
+    assert set(OPERATIONS) == {*ARGS, "lock"}
+
+
+@pytest.mark.parametrize("name", OPERATIONS)
+def test_operation_keeps_aetcd_signature_plus_call_timeout(name: str) -> None:
+    ours = inspect.signature(getattr(BreakerClient, name)).parameters.values()
+    theirs = inspect.signature(getattr(aetcd.Client, name)).parameters.values()
+    extra = [p for p in ours if p.name == "call_timeout"]
+
+    assert shape(p for p in ours if p.name != "call_timeout") == shape(iter(theirs))
+    if name == "lock":
+        assert not extra
+    else:
+        assert [(p.kind, p.default) for p in extra] == [
+            (inspect.Parameter.KEYWORD_ONLY, None)
+        ]
+    original = getattr(aetcd.Client, name)
+    method = getattr(BreakerClient, name)
+    assert inspect.isasyncgenfunction(method) == inspect.isasyncgenfunction(original)
+    assert inspect.iscoroutinefunction(method) == inspect.iscoroutinefunction(original)
+
+
+def test_constructor_takes_aetcd_connection_arguments() -> None:
+    ours = inspect.signature(BreakerClient).parameters.values()
+    theirs = inspect.signature(aetcd.Client).parameters.values()
+    keyword_only = [p.name for p in ours if p.kind is inspect.Parameter.KEYWORD_ONLY]
+
+    assert shape(p for p in ours if p.kind is not p.KEYWORD_ONLY) == shape(iter(theirs))
+    assert keyword_only == ["breaker", "call_timeout", "is_failure"]
+
+
+async def test_port_is_closed_so_an_unguarded_call_would_fail_otherwise(
+    etcd: BreakerClient,
+) -> None:
+    with pytest.raises(aetcd.ConnectionFailedError) as info:
+        await etcd.get(b"k")
+
+    assert not isinstance(info.value, EtcdCircuitOpenError)
+
+
+@pytest.mark.parametrize("name", OPERATIONS)
+async def test_operation_is_rejected_when_the_breaker_is_open(
+    etcd: BreakerClient, name: str
+) -> None:
+    etcd.breaker.force_open()
+
+    with pytest.raises(EtcdCircuitOpenError):
+        await run(etcd, name, *ARGS.get(name, ()))
+
+    assert etcd.breaker.metrics().rejected == 1
+
+
+async def test_objects_handed_out_call_through_the_guarded_client(
+    etcd: BreakerClient,
+) -> None:
+    lease = Lease(1, 10, etcd)
+    member = Member(1, "m", [PEER], [], etcd)
+    calls = [
+        lease.revoke(),
+        lease.refresh(),
+        lease.remaining_ttl(),
+        lease.granted_ttl(),
+        lease.keys(),
+        member.remove(),
+        member.update([PEER]),
+        member.active_alarms(),
+    ]
+    etcd.breaker.force_open()
+
+    for call in calls:
+        with pytest.raises(EtcdCircuitOpenError):
+            await call
+
+    assert etcd.breaker.metrics().rejected == len(calls)
+
+
+@pytest.mark.parametrize("value", [0, -1, "x", math.nan, math.inf, True])
+def test_bad_client_call_timeout_is_named_in_the_error(value: object) -> None:
+    with pytest.raises((InvalidSettingError, InvalidSettingTypeError)) as info:
+        BreakerClient(call_timeout=value)  # type: ignore[arg-type]
+
+    assert "call_timeout" in str(info.value)
+    assert repr(value) in str(info.value)
+
+
+@pytest.mark.parametrize("value", [0, -1, "x", math.nan, -math.inf, False])
+async def test_bad_call_timeout_of_a_call_is_refused_before_it_runs(
+    etcd: BreakerClient, value: object
+) -> None:
+    with pytest.raises((InvalidSettingError, InvalidSettingTypeError)) as info:
+        await etcd.get(b"k", call_timeout=value)  # type: ignore[arg-type]
+
+    assert "call_timeout" in str(info.value)
+    assert repr(value) in str(info.value)
+    metrics = etcd.breaker.metrics()
+    assert (metrics.calls, metrics.rejected) == (0, 0)
+
+
+def test_wrap_refuses_what_is_not_an_aetcd_client() -> None:
+    with pytest.raises(InvalidSettingTypeError, match="client"):
+        BreakerClient.wrap(object())
+
+
+def test_default_breaker_is_named_etcd() -> None:
+    assert BreakerClient().breaker.name == "etcd"
+    breaker = CircuitBreaker(name="mine")
+    assert BreakerClient(breaker=breaker).breaker is breaker
