@@ -137,7 +137,13 @@ async def run_demo(
         half_open_max_wait=2.0,
     )
     async with EtcdServer() as server, FaultProxy(server.host, server.port) as proxy:
-        _log.info("demo.etcd_started", endpoint=server.endpoint, proxy=proxy.endpoint)
+        _log.info(
+            "demo.etcd_started",
+            endpoint=server.endpoint,
+            proxy=proxy.endpoint,
+            pid=server.pid,
+            data_dir=server.data_dir,
+        )
         async with BreakerClient(
             proxy.host, proxy.port, breaker=breaker, call_timeout=0.5
         ) as client:

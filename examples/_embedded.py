@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 from collections.abc import AsyncIterator
 
+import structlog
+
 from aetcd_breaker.testing import EtcdServer
+
+
+def log_to_stderr() -> None:
+    """Send structlog's events (the breaker's state changes) to stderr."""
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
 
 
 @contextlib.asynccontextmanager
@@ -15,6 +23,7 @@ async def etcd_endpoint(description: str) -> AsyncIterator[tuple[str, int]]:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--endpoint", help="HOST:PORT of a running etcd")
     args = parser.parse_args()
+    log_to_stderr()
     if args.endpoint:
         host, _, port = args.endpoint.rpartition(":")
         if not host or not port.isdigit():

@@ -22,8 +22,8 @@ async def main() -> None:
         await etcd.put(b"/services/api/2", b"10.0.0.2:8080")
 
         found = await etcd.get_prefix(b"/services/api/")
-        for value, meta in found:
-            print(meta.key.decode(), "->", value.decode())
+        for kv in found:
+            print(kv.key.decode(), "->", kv.value.decode())
 
         lease = await etcd.lease(10)
         await etcd.put(b"/services/api/3", b"10.0.0.3:8080", lease=lease)

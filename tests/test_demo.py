@@ -2,36 +2,28 @@
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import signal
 import subprocess
 import sys
-import tempfile
-import time
 
 import pytest
 
 pytestmark = pytest.mark.etcd
 
-TMP = tempfile.gettempdir()
 
-
-def _etcd_leftovers() -> tuple[set[str], set[int]]:
-    dirs = set(glob.glob(os.path.join(TMP, "aetcd-breaker-*")))
-    pids = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmd = f.read().split(b"\0")
-        except OSError:
-            continue
-        if cmd and os.path.basename(cmd[0]) == b"etcd":
-            pids.add(int(entry))
-    return dirs, pids
+def _gone(started: dict[str, object]) -> bool:
+    """True when the etcd the demo started no longer runs and its data is gone."""
+    pid = started["pid"]
+    assert isinstance(pid, int)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        alive = False
+    else:
+        alive = True
+    return not alive and not os.path.exists(str(started["data_dir"]))
 
 
 def _demo(*args: str, timeout: float = 150) -> subprocess.CompletedProcess[str]:
@@ -44,7 +36,6 @@ def _demo(*args: str, timeout: float = 150) -> subprocess.CompletedProcess[str]:
 
 
 def test_demo_goes_through_every_fault_and_leaves_nothing_behind() -> None:
-    before = _etcd_leftovers()
     done = _demo("--log-format", "json", "--phase-seconds", "1.5")
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -63,13 +54,16 @@ def test_demo_goes_through_every_fault_and_leaves_nothing_behind() -> None:
     assert all(c["breaker"] == "etcd" for c in changes)
     check = next(e for e in events if e["event"] == "demo.data_check")
     assert check == {**check, "canary_kept": True, "final_state": "closed"}
-    assert _etcd_leftovers() == before
+    started = next(e for e in events if e["event"] == "demo.etcd_started")
+    assert _gone(started)
 
 
 def test_demo_console_output_ends_with_the_phase_table() -> None:
     done = _demo("--fault", "crash", "--phase-seconds", "1")
     assert done.returncode == 0, done.stderr[-3000:]
-    table = done.stdout[done.stdout.index("phase ") :].splitlines()
+    lines = done.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("phase "))
+    table = lines[header:]
     assert table[0].split() == [
         "phase",
         "calls",
@@ -104,7 +98,6 @@ def test_demo_rejects_a_bad_option_with_a_usage_error(args: list[str]) -> None:
 
 
 def test_demo_interrupted_leaves_no_etcd_and_no_directory() -> None:
-    before = _etcd_leftovers()
     proc = subprocess.Popen(
         [sys.executable, "-m", "aetcd_breaker", "demo", "--log-format", "json"],
         stdout=subprocess.PIPE,
@@ -112,10 +105,9 @@ def test_demo_interrupted_leaves_no_etcd_and_no_directory() -> None:
         text=True,
     )
     assert proc.stdout is not None
-    deadline = time.monotonic() + 60
-    for line in proc.stdout:
-        if '"demo.phase"' in line or time.monotonic() > deadline:
-            break
+    started = json.loads(proc.stdout.readline())
+    assert started["event"] == "demo.etcd_started"
+    assert json.loads(proc.stdout.readline())["event"] == "demo.phase"
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=30) == 130
-    assert _etcd_leftovers() == before
+    assert _gone(started)
