@@ -604,10 +604,6 @@ BREAKER_SETTINGS: list[tuple[str, object, type]] = [
 ]
 
 
-def xfail_bug(reason: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=True, reason=f"core bug: {reason}")
-
-
 def breaker_cases() -> list[Any]:
     cases = [
         pytest.param(
@@ -640,7 +636,6 @@ def breaker_cases() -> list[Any]:
             "",
             V,
             id="name=''",
-            marks=xfail_bug("an empty name raises InvalidSettingTypeError"),
         ),
         pytest.param(
             lambda: CircuitBreaker(initial_state=5),
@@ -648,7 +643,6 @@ def breaker_cases() -> list[Any]:
             5,
             T,
             id="initial_state=5",
-            marks=xfail_bug("a non-str initial_state raises InvalidSettingError"),
         ),
         pytest.param(
             lambda: CircuitBreaker(window=CountWindow),
@@ -656,10 +650,6 @@ def breaker_cases() -> list[Any]:
             CountWindow,
             T,
             id="window=CountWindow",
-            marks=xfail_bug(
-                "a window class passes settings.window(); CountWindow.clear() "
-                "then raises a bare TypeError"
-            ),
         ),
     ]
     return cases

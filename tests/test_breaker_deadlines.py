@@ -271,22 +271,9 @@ async def test_caller_cancellation_is_neither_success_nor_failure(
     assert breaker.metrics().ignored == 0
 
 
-TASK_DEADLINE_BUG = (
-    "core bug: on asyncio, _TaskDeadline/_TimerDeadline.expired take any cancel "
-    "request still counted on the task for the caller's, and miss an outer scope "
-    "whose cancel anyio did not count"
-)
-
-
-def xfail_on_asyncio(request: pytest.FixtureRequest, backend: str) -> None:
-    if backend == "asyncio":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=TASK_DEADLINE_BUG))
-
-
 async def test_deadline_firing_just_before_the_caller_cancels_still_yields_cancel(
-    clock: FakeClock, request: pytest.FixtureRequest, anyio_backend: str
+    clock: FakeClock,
 ) -> None:
-    xfail_on_asyncio(request, anyio_backend)
     breaker = CircuitBreaker(name="db", clock=clock, call_timeout=5)
 
     async with anyio.create_task_group() as tg:
@@ -301,9 +288,8 @@ async def test_deadline_firing_just_before_the_caller_cancels_still_yields_cance
 
 
 async def test_deadline_inside_shielded_cleanup_raises_call_timeout_error(
-    clock: FakeClock, request: pytest.FixtureRequest, anyio_backend: str
+    clock: FakeClock,
 ) -> None:
-    xfail_on_asyncio(request, anyio_backend)
     breaker = CircuitBreaker(name="db", clock=clock, call_timeout=5)
     fn = Parked()
     seen: list[type[BaseException]] = []
@@ -448,13 +434,6 @@ async def test_real_clock_task_cancel_racing_the_deadline_raises_cancelled_error
 
 
 @asyncio_only
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "core bug: when the wheel fires first, anyio's scope sees a cancel already "
-        "pending and adds none, so _TimerDeadline.expired claims the cancellation"
-    ),
-)
 async def test_real_clock_outer_scope_cancel_racing_the_deadline_wins() -> None:
     breaker = CircuitBreaker(name="db", call_timeout=RACE)
     started = anyio.Event()
@@ -479,13 +458,6 @@ async def test_real_clock_outer_scope_cancel_racing_the_deadline_wins() -> None:
 
 
 @asyncio_only
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "core bug: _TimerDeadline.expired treats any cancel request pending on "
-        "the task (here the outer scope's, shielded) as the caller's own"
-    ),
-)
 async def test_real_clock_deadline_in_shielded_cleanup_raises_call_timeout_error() -> (
     None
 ):

@@ -496,13 +496,6 @@ async def test_half_open_max_wait_reopens_a_breaker_whose_trial_never_finishes(
     assert breaker.generation == 4
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "core bug: _succeeded/_failed judge a half-open trial without _tick(), "
-        "so half_open_max_wait only applies if someone read the state first"
-    ),
-)
 async def test_trial_ending_after_half_open_max_wait_cannot_close_the_breaker(
     clock: FakeClock,
 ) -> None:

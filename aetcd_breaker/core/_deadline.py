@@ -15,7 +15,7 @@ import anyio
 
 from ._clock import Clock, MonotonicClock, TimerHandle, scope_until
 
-__all__ = ["RESOLUTION", "Deadline", "start_deadline"]
+__all__ = ["RESOLUTION", "Deadline", "redeliver_cancellation", "start_deadline"]
 
 RESOLUTION = 0.005
 """Deadlines on the default clock under asyncio fire up to this many seconds late."""
@@ -69,8 +69,19 @@ class _Wheel:
 _wheel: _Wheel | None = None
 
 
+def _ours(task: asyncio.Task[object], base: int, exc: BaseException | None) -> bool:
+    # Only cancel requests beyond those pending when the deadline started can
+    # be ours (asyncio.timeout reasons the same way), and an enclosing anyio
+    # scope that was cancelled in the same step as the deadline fired must
+    # still see its cancellation: it does not add a request of its own when
+    # one is already pending.
+    if task.uncancel() > base or not isinstance(exc, asyncio.CancelledError):
+        return False
+    return anyio.current_effective_deadline() != -math.inf
+
+
 class _TimerDeadline(Deadline):
-    __slots__ = ("_bucket", "_fired", "_task")
+    __slots__ = ("_base", "_bucket", "_fired", "_task")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
         global _wheel
@@ -78,6 +89,7 @@ class _TimerDeadline(Deadline):
         if task is None:
             raise RuntimeError("a deadline needs to run inside a task")
         self._task = task
+        self._base = task.cancelling()
         self._fired = False
         wheel = _wheel
         if wheel is None or wheel.loop is not loop:
@@ -92,17 +104,13 @@ class _TimerDeadline(Deadline):
         if not self._fired:
             self._bucket.pop(self, None)
             return False
-        # uncancel() reports the cancel requests still pending: any left over
-        # belong to the caller (task.cancel() or an outer scope), whose
-        # cancellation must win over our deadline.
-        ours = self._task.uncancel() == 0
-        return ours and isinstance(exc, asyncio.CancelledError)
+        return _ours(self._task, self._base, exc)
 
 
 class _TaskDeadline(Deadline):
     """A deadline from any clock's timer, for asyncio tasks."""
 
-    __slots__ = ("_fired", "_handle", "_task")
+    __slots__ = ("_base", "_fired", "_handle", "_task")
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, clock: Clock, when: float
@@ -111,6 +119,7 @@ class _TaskDeadline(Deadline):
         if task is None:
             raise RuntimeError("a deadline needs to run inside a task")
         self._task = task
+        self._base = task.cancelling()
         self._fired = False
         self._handle: TimerHandle = clock.call_at(when, self._fire)
 
@@ -122,8 +131,7 @@ class _TaskDeadline(Deadline):
         self._handle.cancel()
         if not self._fired:
             return False
-        ours = self._task.uncancel() == 0
-        return ours and isinstance(exc, asyncio.CancelledError)
+        return _ours(self._task, self._base, exc)
 
 
 class _ScopeDeadline(Deadline):
@@ -150,3 +158,27 @@ def start_deadline(clock: Clock, seconds: float) -> Deadline:
     if type(clock) is MonotonicClock:
         return _TimerDeadline(loop, seconds)
     return _TaskDeadline(loop, clock, clock.now() + seconds)
+
+
+async def redeliver_cancellation(exc: BaseException) -> BaseException:
+    """The cancellation to propagate: ``exc``, or anyio's own delivered again.
+
+    anyio tells its cancellations by the message it passes to
+    ``Task.cancel()``. A bare ``CancelledError`` (from gRPC, which drops the
+    message, or from a deadline that fired just before an enclosing scope
+    was cancelled) would escape that scope unrecognised. anyio's cancellation
+    is level-triggered, so one checkpoint inside the cancelled scope brings
+    the recognisable one back.
+    """
+    if (
+        not isinstance(exc, asyncio.CancelledError)
+        or exc.args
+        or anyio.current_effective_deadline() != -math.inf
+    ):
+        return exc
+    for _ in range(3):
+        try:
+            await asyncio.sleep(0)
+        except asyncio.CancelledError as delivered:
+            return delivered
+    return exc

@@ -51,7 +51,8 @@ def rules(rules: object) -> tuple[TripRule, ...]:
 def window(window: object) -> Window | None:
     if window is None:
         return None
-    if not all(hasattr(window, a) for a in ("record", "totals", "clear")):
+    needed = ("record", "totals", "clear")
+    if isinstance(window, type) or not all(hasattr(window, a) for a in needed):
         raise InvalidSettingTypeError("window", window, "a CountWindow or TimeWindow")
     return window  # type: ignore[return-value]
 
@@ -88,8 +89,10 @@ def hooks(hooks: object) -> tuple[StateChangeHook, ...]:
 
 def initial_state(value: object) -> State:
     expected = "one of closed, open, forced_open, disabled"
+    if not isinstance(value, str):
+        raise InvalidSettingTypeError("initial_state", value, "a State or its name")
     try:
-        state = State(value)  # type: ignore[arg-type]
+        state = State(value)
     except ValueError:
         raise InvalidSettingError("initial_state", value, expected) from None
     if state is State.HALF_OPEN:

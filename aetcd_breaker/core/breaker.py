@@ -37,8 +37,13 @@ import structlog
 
 from . import _settings as settings
 from ._clock import Clock, scope_until
-from ._deadline import start_deadline
-from .errors import CallTimeoutError, CircuitOpenError, InvalidSettingTypeError
+from ._deadline import redeliver_cancellation, start_deadline
+from .errors import (
+    CallTimeoutError,
+    CircuitOpenError,
+    InvalidSettingError,
+    InvalidSettingTypeError,
+)
 from .events import Counts, Metrics, State, StateChange, StateChangeHook, emit
 from .guard import Guard, Permit
 from .policies import (
@@ -164,8 +169,10 @@ class CircuitBreaker:
         on_state_change: StateChangeHook | Iterable[StateChangeHook] = (),
         initial_state: State | str = State.CLOSED,
     ) -> None:
-        if not isinstance(name, str) or not name:
-            raise InvalidSettingTypeError("name", name, "a non-empty str")
+        if not isinstance(name, str):
+            raise InvalidSettingTypeError("name", name, "a str")
+        if not name:
+            raise InvalidSettingError("name", name, "a non-empty str")
         self._name = name
         self._max_requests = check_count("max_requests", max_requests)
         self._interval = settings.optional_seconds("interval", interval)
@@ -329,11 +336,17 @@ class CircuitBreaker:
         try:
             result = await fn(*args, **kwargs)
         except BaseException as exc:
-            if deadline is not None and deadline.expired(exc):
+            if deadline is None:
+                self._settle_error(gen, kind, started, exc)
+                raise
+            if deadline.expired(exc):
                 self._failed(gen, kind, started, True)
                 raise CallTimeoutError(self._name, timeout) from None  # type: ignore[arg-type]
             self._settle_error(gen, kind, started, exc)
-            raise
+            delivered = await redeliver_cancellation(exc)
+            if delivered is exc:
+                raise
+            raise delivered from None
         if deadline is not None:
             deadline.expired(None)
         self._succeeded(gen, kind, started)
@@ -401,23 +414,29 @@ class CircuitBreaker:
         self._settle_error(permit.generation, permit.kind, permit.started, exc)
 
     async def wait_ready(self) -> None:
-        """Return once a call would be admitted, without polling."""
-        while True:
-            self._tick(self._now())
-            state = self._state
-            if state is CLOSED or state is DISABLED:
-                return
-            if state is HALF_OPEN and self._trials < self._max_requests:
-                return
-            if self._waiters is None:
-                self._waiters = anyio.Event()
-            event = self._waiters
-            when = self._retry_at if state is OPEN else self._half_open_until
-            if when is None:
+        """Return once a call would be admitted, or the breaker changes.
+
+        Returns at once when a call would be admitted now; otherwise it
+        sleeps, without polling, until the open duration ends, the state
+        changes, or a half-open trial permit is given back. A caller that
+        must get through loops: ``await wait_ready()``, then try the call.
+        """
+        self._tick(self._now())
+        state = self._state
+        if state is CLOSED or state is DISABLED:
+            return
+        if state is HALF_OPEN and self._trials < self._max_requests:
+            return
+        if self._waiters is None:
+            self._waiters = anyio.Event()
+        event = self._waiters
+        when = self._retry_at if state is OPEN else self._half_open_until
+        if when is None:
+            await event.wait()
+        else:
+            with scope_until(self._clock, when):
                 await event.wait()
-            else:
-                with scope_until(self._clock, when):
-                    await event.wait()
+        self._tick(self._now())
 
     # -- manual control --------------------------------------------------
 
@@ -483,6 +502,10 @@ class CircuitBreaker:
         if self._slow_after is not None:
             slow = self._now() - started >= self._slow_after
             self._t_slow += slow
+        if self._half_open_until is not None:
+            # A trial that outlived half_open_max_wait must not close the
+            # breaker: let time reopen it first, so the outcome goes stale.
+            self._tick(self._now())
         if gen != self._generation:
             self._b_succ += 1
             self._b_csucc += 1
@@ -494,7 +517,7 @@ class CircuitBreaker:
         state = self._state
         if state is HALF_OPEN:
             self._judge_trials()
-        elif slow and state is CLOSED:
+        elif state is CLOSED and (slow or self._rules):
             self._check_rules()
 
     def _failed(self, gen: int, kind: int, started: float, timed_out: bool) -> None:
@@ -503,6 +526,8 @@ class CircuitBreaker:
         if not slow and self._slow_after is not None:
             slow = self._now() - started >= self._slow_after
         self._t_slow += slow
+        if self._half_open_until is not None:
+            self._tick(self._now())
         if gen != self._generation:
             self._b_fail += 1
             self._b_slow += slow
@@ -643,6 +668,7 @@ class CircuitBreaker:
             and self._interval is None
             and self._window is None
             and self._slow_after is None
+            and not self._rules
             and self._call_timeout is None
         )
         self._fast_gen = self._generation if plain else -1

@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from ._deadline import Deadline, start_deadline
+from ._deadline import Deadline, redeliver_cancellation, start_deadline
 from .errors import CallTimeoutError
 
 if TYPE_CHECKING:
@@ -73,5 +73,9 @@ class Guard:
             raise CallTimeoutError(breaker.name, self._timeout) from None
         if exc is None:
             breaker.record_success(permit)
-        else:
-            breaker.record_exception(permit, exc)
+            return
+        breaker.record_exception(permit, exc)
+        if deadline is not None:
+            delivered = await redeliver_cancellation(exc)
+            if delivered is not exc:
+                raise delivered from None
