@@ -135,6 +135,7 @@ class CircuitBreaker:
         "_now",
         "_open_duration",
         "_opens",
+        "_plain_permit",
         "_retry_at",
         "_rules",
         "_slow_after",
@@ -211,6 +212,7 @@ class CircuitBreaker:
         self._trials = 0
         self._generation = 0
         self._fast_gen = -1
+        self._plain_permit = Permit(0, ADMIT, 0.0)
         self._opens = 0
         self._retry_at = 0.0
         self._half_open_until: float | None = None
@@ -379,6 +381,9 @@ class CircuitBreaker:
 
     def acquire(self) -> Permit | None:
         """Admit a call: a :class:`Permit`, or ``None`` when rejected (counted)."""
+        if self._fast_gen >= 0:
+            # Plain closed state: every permit of this generation is the same.
+            return self._plain_permit
         kind = self._admit()
         if kind == REJECT:
             return None
@@ -395,6 +400,10 @@ class CircuitBreaker:
         return cls(self._name, state, None)
 
     def record_success(self, permit: Permit) -> None:
+        if permit.generation == self._fast_gen:
+            self._t_succ += 1
+            self._cfail = 0
+            return
         self._succeeded(permit.generation, permit.kind, permit.started)
 
     def record_failure(self, permit: Permit, *, timed_out: bool = False) -> None:
@@ -672,6 +681,7 @@ class CircuitBreaker:
             and self._call_timeout is None
         )
         self._fast_gen = self._generation if plain else -1
+        self._plain_permit = Permit(self._generation, ADMIT, 0.0)
 
     def _wake(self) -> None:
         waiters = self._waiters
