@@ -8,7 +8,7 @@ import aetcd
 from aetcd.utils import prefix_range_end
 
 from . import _ops as ops
-from .watch import Watch, first_event, open_watch
+from .watch import Watch, WatchSpec, first_event, open_watch
 
 if TYPE_CHECKING:
     from ._session import Session
@@ -164,22 +164,26 @@ class KeyOps:
         fragment: bool = False,
         *,
         call_timeout: float | None = None,
+        progress_interval: float | None = None,
+        progress_timeout: float | None = None,
     ) -> Watch:
-        """Watch ``key`` (or ``[key, range_end)``); iterate the result.
-
-        The deadline bounds creating the watch, not its life.
-        """
+        """Watch ``key`` (or ``[key, range_end)``): a :class:`Watch` that
+        survives outages; see there for what it guarantees and the settings."""
         return await open_watch(
             self._session,
+            WatchSpec.of(
+                key,
+                range_end,
+                start_revision,
+                progress_notify,
+                kind,
+                prev_kv,
+                watch_id,
+                fragment,
+            ),
             call_timeout,
-            key,
-            range_end,
-            start_revision,
-            progress_notify,
-            kind,
-            prev_kv,
-            watch_id,
-            fragment,
+            progress_interval,
+            progress_timeout,
         )
 
     async def watch_prefix(
@@ -194,14 +198,14 @@ class KeyOps:
         fragment: bool = False,
         *,
         call_timeout: float | None = None,
+        progress_interval: float | None = None,
+        progress_timeout: float | None = None,
     ) -> Watch:
-        """Watch the keys that start with ``key_prefix``.
+        """:meth:`watch` over the keys that start with ``key_prefix``.
 
         As in aetcd, ``range_end`` is ignored: the prefix sets the range.
         """
-        return await open_watch(
-            self._session,
-            call_timeout,
+        return await self.watch(
             key_prefix,
             prefix_range_end(key_prefix),
             start_revision,
@@ -210,6 +214,9 @@ class KeyOps:
             prev_kv,
             watch_id,
             fragment,
+            call_timeout=call_timeout,
+            progress_interval=progress_interval,
+            progress_timeout=progress_timeout,
         )
 
     async def watch_once(
