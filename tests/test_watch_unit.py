@@ -328,3 +328,20 @@ async def test_a_wait_cut_short_resumes_on_a_new_stream(etcd: BreakerClient) -> 
     assert script.starts == [10, 11]
     assert script.streams[0].closed
     assert etcd.breaker.metrics().failures == 0
+
+
+async def test_a_new_iteration_takes_over_from_the_last(etcd: BreakerClient) -> None:
+    whole = [response((10, b"a"), (10, b"b")), response((11, b"c"))]
+    script = Script(etcd, whole, whole)
+    watch = await script.watch(done=9)
+    first = aiter(watch)
+
+    with anyio.fail_after(HANG):
+        assert (await anext(first)).kv.key == b"a"
+        second = aiter(watch)
+        assert (await anext(second)).kv.key == b"b"
+        with pytest.raises(StopAsyncIteration):
+            await anext(first)
+        assert (await anext(second)).kv.key == b"c"
+
+    assert script.starts == [10, 10]

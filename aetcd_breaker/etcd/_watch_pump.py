@@ -90,10 +90,10 @@ class Pump:
 
     The pump reads one response ahead of the consumer and hands it over
     through a one-slot :class:`Handoff`. When the stream fails, it records
-    the failure, waits until the consumer has taken in everything handed
-    over (so that the consumer's :class:`Position` is exact: resuming earlier
-    than needed could run into a compaction for nothing), waits until the
-    breaker admits a call, and opens a new stream from that position.
+    the failure, waits until the consumer has taken in everything it was
+    handed (so that the consumer's :class:`Position` is exact: resuming
+    earlier than needed could run into a compaction for nothing), waits
+    until the breaker admits a call, and opens a new stream from there.
 
     Closing the session must end the watch, also when the client is not ours
     to close (``BreakerClient.wrap``): the pump keeps a sentinel task among
@@ -148,6 +148,9 @@ class Pump:
         try:
             while True:
                 if stream is None:
+                    # Resume from an exact position: once the consumer has
+                    # taken in everything it was handed (or still holds).
+                    await self.handoff.drained()
                     stream = self._stream = await self._reopen(failures)
                 try:
                     response = await stream.next()
@@ -159,7 +162,6 @@ class Pump:
                     self._session.stream_failed(exc)
                     stream = None
                     failures += 1
-                    await self.handoff.drained()
                     continue
                 failures = 0
                 if response.compact_revision:

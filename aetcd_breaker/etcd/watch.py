@@ -171,6 +171,10 @@ class _Events:
         pump = self._pump
         if pump is None:
             pump = self._pump = watch._start(self)
+        elif watch._pump is not pump:
+            # A newer iteration took over; what this one still holds, the
+            # newer one delivers.
+            raise StopAsyncIteration
         position = watch._position
         while True:
             response = self._response
