@@ -28,10 +28,12 @@ from aetcd_breaker.etcd import (
     Lease,
     Member,
 )
+from aetcd_breaker.etcd._options import DEFAULT
 
 pytestmark = pytest.mark.anyio
 
 NOT_OPERATIONS = {"connect", "close", "__aenter__", "__aexit__"}
+WATCHES = {"watch", "watch_prefix", "watch_once", "watch_prefix_once"}
 PEER = "http://127.0.0.1:1"
 ARGS: dict[str, tuple[Any, ...]] = {
     "get": (b"k",),
@@ -121,18 +123,20 @@ def test_operations_list_is_complete() -> None:
 
 
 @pytest.mark.parametrize("name", OPERATIONS)
-def test_operation_keeps_aetcd_signature_plus_call_timeout(name: str) -> None:
+def test_operation_keeps_aetcd_signature_plus_keyword_only_options(name: str) -> None:
     ours = inspect.signature(getattr(BreakerClient, name)).parameters.values()
     theirs = inspect.signature(getattr(aetcd.Client, name)).parameters.values()
-    extra = [p for p in ours if p.name == "call_timeout"]
+    added = [p for p in ours if p.name not in {q.name for q in theirs}]
+    options = {p.name: p.default for p in added}
 
-    assert shape(p for p in ours if p.name != "call_timeout") == shape(iter(theirs))
+    assert shape(p for p in ours if p not in added) == shape(iter(theirs))
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in added)
     if name == "lock":
-        assert not extra
+        assert list(options) == ["timeout", "on_lost", "cancel_on_lost"]
+    elif name in WATCHES:
+        assert options["call_timeout"] is None
     else:
-        assert [(p.kind, p.default) for p in extra] == [
-            (inspect.Parameter.KEYWORD_ONLY, None)
-        ]
+        assert options == {"call_timeout": None, "retry": None, "fallback": DEFAULT}
     original = getattr(aetcd.Client, name)
     method = getattr(BreakerClient, name)
     assert inspect.isasyncgenfunction(method) == inspect.isasyncgenfunction(original)
@@ -145,7 +149,14 @@ def test_constructor_takes_aetcd_connection_arguments() -> None:
     keyword_only = [p.name for p in ours if p.kind is inspect.Parameter.KEYWORD_ONLY]
 
     assert shape(p for p in ours if p.kind is not p.KEYWORD_ONLY) == shape(iter(theirs))
-    assert keyword_only == ["breaker", "call_timeout", "is_failure"]
+    assert keyword_only == [
+        "breaker",
+        "call_timeout",
+        "is_failure",
+        "retry",
+        "fallback",
+        "stale_reads",
+    ]
 
 
 async def test_port_is_closed_so_an_unguarded_call_would_fail_otherwise(

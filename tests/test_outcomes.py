@@ -59,6 +59,20 @@ def test_namespace_exports_exactly_the_etcd_layer() -> None:
         "Member",
         "Watch",
         "is_etcd_failure",
+        # Leases, locks, retries, fallbacks and stale reads.
+        "EXPIRED",
+        "GONE",
+        "LEASE_LOST",
+        "NO_FALLBACK",
+        "LeaseKeeper",
+        "LeaseLostError",
+        "Lock",
+        "LockNotAcquiredError",
+        "Retry",
+        "Stale",
+        "StaleCache",
+        "StaleGet",
+        "StaleGetRange",
     }
     for name in etcd.__all__:
         assert getattr(etcd, name) is not None

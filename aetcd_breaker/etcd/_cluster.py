@@ -1,4 +1,4 @@
-"""The lease, lock, cluster and maintenance operations of BreakerClient."""
+"""The cluster, alarm and maintenance operations of BreakerClient."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from typing import IO, TYPE_CHECKING, Any
 import aetcd
 
 from . import _ops as ops
-from .objects import Lease, Member
+from ._lease_ops import LeaseOps, Retrying
+from ._options import DEFAULT, IDEMPOTENT, WRITE, run
+from .objects import Member
 
 if TYPE_CHECKING:
     from ._session import Session
@@ -16,88 +18,114 @@ if TYPE_CHECKING:
 __all__ = ["ClusterOps"]
 
 
-class ClusterOps:
-    """Leases, locks, members, alarms and maintenance; mixed into BreakerClient.
+class ClusterOps(LeaseOps):
+    """Members, alarms and maintenance, plus LeaseOps; mixed into BreakerClient.
 
     ``snapshot``, ``defragment`` and ``compact(physical=True)`` take long by
     nature: without a ``call_timeout`` of the call or the client, their
-    deadline is ``SLOW_CALL_TIMEOUT``, not the breaker's.
+    deadline is ``SLOW_CALL_TIMEOUT``, not the breaker's. ``retry`` and
+    ``fallback`` work as for the key operations; the client's retry policy
+    applies to the reads among these, its fallback to none of them.
     """
 
     __slots__ = ()
 
     _session: Session
 
-    async def lease(
+    async def status(
         self,
-        ttl: int,
-        lease_id: int | None = None,
         *,
         call_timeout: float | None = None,
-    ) -> Lease:
-        """Grant a lease of ``ttl`` seconds, bound to this client."""
-        raw = await self._session.call(ops.LEASE, call_timeout, ttl, lease_id)
-        return Lease(raw.id, raw.ttl, self)
-
-    async def revoke_lease(
-        self, lease_id: int, *, call_timeout: float | None = None
-    ) -> None:
-        """Revoke a lease; a gone one raises a bare ``aetcd.ClientError``."""
-        await self._session.call(ops.REVOKE_LEASE, call_timeout, lease_id)
-
-    async def refresh_lease(
-        self, lease_id: int, *, call_timeout: float | None = None
-    ) -> Any:
-        """Refresh a lease; etcd's keep-alive answer (``TTL`` 0: gone)."""
-        return await self._session.call(ops.REFRESH_LEASE, call_timeout, lease_id)
-
-    async def get_lease_info(
-        self, lease_id: int, *, keys: bool = True, call_timeout: float | None = None
-    ) -> Any:
-        """etcd's time-to-live answer for a lease (``TTL`` -1: gone)."""
-        return await self._session.call(
-            ops.GET_LEASE_INFO, call_timeout, lease_id, keys
-        )
-
-    def lock(self, key: bytes, ttl: int = 60) -> aetcd.Lock:
-        """An ``aetcd.Lock`` on ``key`` whose etcd calls go through this client.
-
-        Only its calls are guarded: waiting for the holder is not. aetcd's
-        lock runs the body of ``async with`` even when acquiring failed.
-        """
-        return aetcd.Lock(self, key, ttl)
-
-    async def status(self, *, call_timeout: float | None = None) -> aetcd.Status:
+        retry: Retrying = None,
+        fallback: Any = DEFAULT,
+    ) -> aetcd.Status:
         """The status of the member that answers, with the leader as a Member."""
-        status = await self._session.call(ops.STATUS, call_timeout)
-        if status.leader is not None:
-            status.leader = Member.bind(status.leader, self)
+        s = self._session
+        if s.plain and retry is None and fallback is DEFAULT:
+            status = await s.call(ops.STATUS, call_timeout)
+        else:
+            status = await run(s, ops.STATUS, IDEMPOTENT, call_timeout, retry, fallback)
+        leader = getattr(status, "leader", None)
+        if isinstance(leader, aetcd.Member):
+            status.leader = Member.bind(leader, self)
         return status
 
     async def add_member(
-        self, urls: list[str], *, call_timeout: float | None = None
+        self,
+        urls: list[str],
+        *,
+        call_timeout: float | None = None,
+        retry: Retrying = None,
+        fallback: Any = DEFAULT,
     ) -> Member:
         """Add a member with peer URLs ``urls`` to the cluster."""
-        raw = await self._session.call(ops.ADD_MEMBER, call_timeout, urls)
-        return Member.bind(raw, self)
+        s = self._session
+        if s.plain and retry is None and fallback is DEFAULT:
+            raw = await s.call(ops.ADD_MEMBER, call_timeout, urls)
+        else:
+            raw = await run(
+                s, ops.ADD_MEMBER, WRITE, call_timeout, retry, fallback, urls
+            )
+        return Member.bind(raw, self) if isinstance(raw, aetcd.Member) else raw
 
     async def remove_member(
-        self, member_id: int, *, call_timeout: float | None = None
+        self,
+        member_id: int,
+        *,
+        call_timeout: float | None = None,
+        retry: Retrying = None,
+        fallback: Any = DEFAULT,
     ) -> None:
         """Remove a member from the cluster."""
-        await self._session.call(ops.REMOVE_MEMBER, call_timeout, member_id)
+        s = self._session
+        if s.plain and retry is None and fallback is DEFAULT:
+            await s.call(ops.REMOVE_MEMBER, call_timeout, member_id)
+        else:
+            await run(
+                s, ops.REMOVE_MEMBER, WRITE, call_timeout, retry, fallback, member_id
+            )
 
     async def update_member(
-        self, member_id: int, peer_urls: list[str], *, call_timeout: float | None = None
+        self,
+        member_id: int,
+        peer_urls: list[str],
+        *,
+        call_timeout: float | None = None,
+        retry: Retrying = None,
+        fallback: Any = DEFAULT,
     ) -> None:
         """Give a member new peer URLs."""
-        await self._session.call(ops.UPDATE_MEMBER, call_timeout, member_id, peer_urls)
+        s = self._session
+        if s.plain and retry is None and fallback is DEFAULT:
+            await s.call(ops.UPDATE_MEMBER, call_timeout, member_id, peer_urls)
+        else:
+            await run(
+                s,
+                ops.UPDATE_MEMBER,
+                WRITE,
+                call_timeout,
+                retry,
+                fallback,
+                member_id,
+                peer_urls,
+            )
 
     async def members(
-        self, *, call_timeout: float | None = None
+        self,
+        *,
+        call_timeout: float | None = None,
+        retry: Retrying = None,
+        fallback: Any = DEFAULT,
     ) -> AsyncIterator[Member]:
-        """Every cluster member; the list is fetched whole under one guard."""
-        found = await self._session.call(ops.MEMBERS, call_timeout)
+        """Every cluster member; the list is fetched whole under one guard.
+
+        A fallback gives the list of members to yield.
+        """
+        s = self._session
+        if s.plain and retry is None and fallback is DEFAULT:
+            found = await s.call(ops.MEMBERS, call_timeout)
+        else:
+            found = await run(s, ops.MEMBERS, IDEMPOTENT, call_timeout, retry, fallback)
         for raw in found:
             yield Member.bind(raw, self)
 
@@ -107,26 +135,68 @@ class ClusterOps:
         physical: bool = False,
         *,
         call_timeout: float | None = None,
+        retry: Retrying = None,
+        fallback: Any = DEFAULT,
     ) -> None:
         """Compact the history up to ``revision``."""
-        session = self._session
-        timeout = session.slow(call_timeout) if physical else call_timeout
-        await session.call(ops.COMPACT, timeout, revision, physical)
+        timeout = self._session.slow(call_timeout) if physical else call_timeout
+        s = self._session
+        if s.plain and retry is None and fallback is DEFAULT:
+            await s.call(ops.COMPACT, timeout, revision, physical)
+        else:
+            await run(
+                s, ops.COMPACT, WRITE, timeout, retry, fallback, revision, physical
+            )
 
-    async def defragment(self, *, call_timeout: float | None = None) -> None:
+    async def defragment(
+        self,
+        *,
+        call_timeout: float | None = None,
+        retry: Retrying = None,
+        fallback: Any = DEFAULT,
+    ) -> None:
         """Defragment the answering member's database (slow by nature)."""
-        session = self._session
-        await session.call(ops.DEFRAGMENT, session.slow(call_timeout))
+        timeout = self._session.slow(call_timeout)
+        s = self._session
+        if s.plain and retry is None and fallback is DEFAULT:
+            await s.call(ops.DEFRAGMENT, timeout)
+        else:
+            await run(s, ops.DEFRAGMENT, WRITE, timeout, retry, fallback)
 
-    async def hash(self, *, call_timeout: float | None = None) -> int:
+    async def hash(
+        self,
+        *,
+        call_timeout: float | None = None,
+        retry: Retrying = None,
+        fallback: Any = DEFAULT,
+    ) -> int:
         """The hash of the answering member's key-value state."""
-        return await self._session.call(ops.HASH, call_timeout)
+        s = self._session
+        if s.plain and retry is None and fallback is DEFAULT:
+            found: int = await s.call(ops.HASH, call_timeout)
+        else:
+            found = await run(s, ops.HASH, IDEMPOTENT, call_timeout, retry, fallback)
+        return found
 
     async def create_alarm(
-        self, member_id: int = 0, *, call_timeout: float | None = None
+        self,
+        member_id: int = 0,
+        *,
+        call_timeout: float | None = None,
+        retry: Retrying = None,
+        fallback: Any = DEFAULT,
     ) -> list[aetcd.Alarm]:
         """Raise a no-space alarm on a member (0: every member)."""
-        return await self._session.call(ops.CREATE_ALARM, call_timeout, member_id)
+        s = self._session
+        if s.plain and retry is None and fallback is DEFAULT:
+            found: list[aetcd.Alarm] = await s.call(
+                ops.CREATE_ALARM, call_timeout, member_id
+            )
+        else:
+            found = await run(
+                s, ops.CREATE_ALARM, WRITE, call_timeout, retry, fallback, member_id
+            )
+        return found
 
     async def list_alarms(
         self,
@@ -134,23 +204,66 @@ class ClusterOps:
         alarm_type: str = "none",
         *,
         call_timeout: float | None = None,
+        retry: Retrying = None,
+        fallback: Any = DEFAULT,
     ) -> AsyncIterator[aetcd.Alarm]:
-        """The active alarms; the list is fetched whole under one guard."""
-        found = await self._session.call(
-            ops.LIST_ALARMS, call_timeout, member_id, alarm_type
-        )
+        """The active alarms; the list is fetched whole under one guard.
+
+        A fallback gives the list of alarms to yield.
+        """
+        s = self._session
+        if s.plain and retry is None and fallback is DEFAULT:
+            found = await s.call(ops.LIST_ALARMS, call_timeout, member_id, alarm_type)
+        else:
+            found = await run(
+                s,
+                ops.LIST_ALARMS,
+                IDEMPOTENT,
+                call_timeout,
+                retry,
+                fallback,
+                member_id,
+                alarm_type,
+            )
         for alarm in found:
             yield alarm
 
     async def disarm_alarm(
-        self, member_id: int = 0, *, call_timeout: float | None = None
+        self,
+        member_id: int = 0,
+        *,
+        call_timeout: float | None = None,
+        retry: Retrying = None,
+        fallback: Any = DEFAULT,
     ) -> list[aetcd.Alarm]:
         """Clear the alarms of a member (0: every member)."""
-        return await self._session.call(ops.DISARM_ALARM, call_timeout, member_id)
+        s = self._session
+        if s.plain and retry is None and fallback is DEFAULT:
+            found: list[aetcd.Alarm] = await s.call(
+                ops.DISARM_ALARM, call_timeout, member_id
+            )
+        else:
+            found = await run(
+                s, ops.DISARM_ALARM, WRITE, call_timeout, retry, fallback, member_id
+            )
+        return found
 
     async def snapshot(
-        self, file_obj: IO[bytes], *, call_timeout: float | None = None
+        self,
+        file_obj: IO[bytes],
+        *,
+        call_timeout: float | None = None,
+        retry: Retrying = None,
+        fallback: Any = DEFAULT,
     ) -> None:
-        """Write a snapshot of the database to ``file_obj`` (slow by nature)."""
-        session = self._session
-        await session.call(ops.SNAPSHOT, session.slow(call_timeout), file_obj)
+        """Write a snapshot of the database to ``file_obj`` (slow by nature).
+
+        Think twice before ``retry=``: a failed attempt may have written part
+        of the snapshot already.
+        """
+        timeout = self._session.slow(call_timeout)
+        s = self._session
+        if s.plain and retry is None and fallback is DEFAULT:
+            await s.call(ops.SNAPSHOT, timeout, file_obj)
+        else:
+            await run(s, ops.SNAPSHOT, WRITE, timeout, retry, fallback, file_obj)

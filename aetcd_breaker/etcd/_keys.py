@@ -8,73 +8,31 @@ import aetcd
 from aetcd.utils import prefix_range_end
 
 from . import _ops as ops
+from ._options import DEFAULT, WRITE, run
+from ._reads import ReadOps
+from .objects import Lease
+from .retry import Retry
 from .watch import Watch, WatchSpec, first_event, open_watch
 
 if TYPE_CHECKING:
     from ._session import Session
-    from .objects import Lease
 
 __all__ = ["KeyOps"]
 
 
-class KeyOps:
-    """Keys, transactions and watches; mixed into :class:`BreakerClient`."""
+class KeyOps(ReadOps):
+    """Keys, transactions and watches; mixed into :class:`BreakerClient`.
+
+    Besides ``call_timeout``, each call but the watches takes ``retry``
+    (a :class:`Retry`, ``True`` for the client's policy, ``False`` for none)
+    and ``fallback`` (a value, or a function of the error); see _options.py
+    for which client-wide options apply where.
+    """
 
     __slots__ = ()
 
     _session: Session
     transactions: aetcd.Transactions
-
-    async def get(
-        self,
-        key: bytes,
-        serializable: bool = False,
-        *,
-        call_timeout: float | None = None,
-    ) -> aetcd.Get | None:
-        """Get one key; ``None`` if it does not exist."""
-        return await self._session.call(ops.GET, call_timeout, key, serializable)
-
-    async def get_prefix(
-        self,
-        key_prefix: bytes,
-        sort_order: str | None = None,
-        sort_target: str = "key",
-        keys_only: bool = False,
-        *,
-        call_timeout: float | None = None,
-    ) -> aetcd.GetRange:
-        """Get the keys that start with ``key_prefix``."""
-        return await self._session.call(
-            ops.GET_PREFIX, call_timeout, key_prefix, sort_order, sort_target, keys_only
-        )
-
-    async def get_range(
-        self,
-        range_start: bytes,
-        range_end: bytes,
-        sort_order: str | None = None,
-        sort_target: str = "key",
-        *,
-        call_timeout: float | None = None,
-    ) -> aetcd.GetRange:
-        """Get the keys in ``[range_start, range_end)``."""
-        return await self._session.call(
-            ops.GET_RANGE, call_timeout, range_start, range_end, sort_order, sort_target
-        )
-
-    async def get_all(
-        self,
-        sort_order: str | None = None,
-        sort_target: str = "key",
-        keys_only: bool = False,
-        *,
-        call_timeout: float | None = None,
-    ) -> aetcd.GetRange:
-        """Get every key."""
-        return await self._session.call(
-            ops.GET_ALL, call_timeout, sort_order, sort_target, keys_only
-        )
 
     async def put(
         self,
@@ -84,11 +42,20 @@ class KeyOps:
         prev_kv: bool = False,
         *,
         call_timeout: float | None = None,
+        retry: Retry | bool | None = None,
+        fallback: Any = DEFAULT,
     ) -> aetcd.Put:
-        """Set ``key`` to ``value``, attached to ``lease`` if given."""
-        return await self._session.call(
-            ops.PUT, call_timeout, key, value, lease, prev_kv
-        )
+        """Set ``key`` to ``value``, attached to ``lease`` if given.
+
+        A lease this client knows to be lost raises ``LeaseLostError``.
+        """
+        if lease is not None and isinstance(lease, Lease):
+            lease.check()
+        s = self._session
+        args = (key, value, lease, prev_kv)
+        if s.plain and retry is None and fallback is DEFAULT:
+            return await s.call(ops.PUT, call_timeout, *args)
+        return await run(s, ops.PUT, WRITE, call_timeout, retry, fallback, *args)
 
     async def delete(
         self,
@@ -96,9 +63,16 @@ class KeyOps:
         prev_kv: bool = False,
         *,
         call_timeout: float | None = None,
+        retry: Retry | bool | None = None,
+        fallback: Any = DEFAULT,
     ) -> aetcd.Delete | None:
         """Delete one key; ``None`` if it did not exist."""
-        return await self._session.call(ops.DELETE, call_timeout, key, prev_kv)
+        s = self._session
+        if s.plain and retry is None and fallback is DEFAULT:
+            return await s.call(ops.DELETE, call_timeout, key, prev_kv)
+        return await run(
+            s, ops.DELETE, WRITE, call_timeout, retry, fallback, key, prev_kv
+        )
 
     async def delete_prefix(
         self,
@@ -106,10 +80,16 @@ class KeyOps:
         prev_kv: bool = False,
         *,
         call_timeout: float | None = None,
+        retry: Retry | bool | None = None,
+        fallback: Any = DEFAULT,
     ) -> aetcd.DeleteRange:
         """Delete the keys that start with ``key_prefix``."""
-        return await self._session.call(
-            ops.DELETE_PREFIX, call_timeout, key_prefix, prev_kv
+        s = self._session
+        args = (key_prefix, prev_kv)
+        if s.plain and retry is None and fallback is DEFAULT:
+            return await s.call(ops.DELETE_PREFIX, call_timeout, *args)
+        return await run(
+            s, ops.DELETE_PREFIX, WRITE, call_timeout, retry, fallback, *args
         )
 
     async def delete_range(
@@ -119,10 +99,16 @@ class KeyOps:
         prev_kv: bool = False,
         *,
         call_timeout: float | None = None,
+        retry: Retry | bool | None = None,
+        fallback: Any = DEFAULT,
     ) -> aetcd.DeleteRange:
         """Delete the keys in ``[range_start, range_end)``."""
-        return await self._session.call(
-            ops.DELETE_RANGE, call_timeout, range_start, range_end, prev_kv
+        s = self._session
+        args = (range_start, range_end, prev_kv)
+        if s.plain and retry is None and fallback is DEFAULT:
+            return await s.call(ops.DELETE_RANGE, call_timeout, *args)
+        return await run(
+            s, ops.DELETE_RANGE, WRITE, call_timeout, retry, fallback, *args
         )
 
     async def replace(
@@ -133,11 +119,17 @@ class KeyOps:
         lease: int | Lease | aetcd.Lease | None = None,
         *,
         call_timeout: float | None = None,
+        retry: Retry | bool | None = None,
+        fallback: Any = DEFAULT,
     ) -> bool:
         """Set ``key`` to ``new_value`` if it holds ``initial_value``; say if so."""
-        return await self._session.call(
-            ops.REPLACE, call_timeout, key, initial_value, new_value, lease
-        )
+        if lease is not None and isinstance(lease, Lease):
+            lease.check()
+        s = self._session
+        args = (key, initial_value, new_value, lease)
+        if s.plain and retry is None and fallback is DEFAULT:
+            return await s.call(ops.REPLACE, call_timeout, *args)
+        return await run(s, ops.REPLACE, WRITE, call_timeout, retry, fallback, *args)
 
     async def transaction(
         self,
@@ -146,10 +138,16 @@ class KeyOps:
         failure: list[Any] | None = None,
         *,
         call_timeout: float | None = None,
+        retry: Retry | bool | None = None,
+        fallback: Any = DEFAULT,
     ) -> tuple[bool, list[Any]]:
         """Run a transaction; build its parts with :attr:`transactions`."""
-        return await self._session.call(
-            ops.TRANSACTION, call_timeout, compare, success, failure
+        s = self._session
+        args = (compare, success, failure)
+        if s.plain and retry is None and fallback is DEFAULT:
+            return await s.call(ops.TRANSACTION, call_timeout, *args)
+        return await run(
+            s, ops.TRANSACTION, WRITE, call_timeout, retry, fallback, *args
         )
 
     async def watch(

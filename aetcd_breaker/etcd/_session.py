@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import aetcd
 import anyio
@@ -18,7 +18,11 @@ from ..core.guard import Permit
 from ._channel import Channels, Inner
 from .errors import EtcdCallTimeoutError, EtcdCircuitOpenError
 
-__all__ = ["Op", "Session", "check_timeout"]
+if TYPE_CHECKING:
+    from .retry import Retry
+    from .stale import StaleCache
+
+__all__ = ["Op", "Session", "check_timeout", "with_message"]
 
 T = TypeVar("T")
 Op = Callable[..., Awaitable[T]]
@@ -41,7 +45,7 @@ def check_timeout(value: object, setting: str = "call_timeout") -> float:
     return float(value)
 
 
-async def _with_message(exc: asyncio.CancelledError) -> asyncio.CancelledError:
+async def with_message(exc: asyncio.CancelledError) -> asyncio.CancelledError:
     """The cancellation to handle: ``exc``, or anyio's own delivered again.
 
     gRPC ends a cancelled call with a fresh ``CancelledError()`` that lost the
@@ -68,8 +72,15 @@ class Session:
         "channels",
         "clock",
         "creating",
+        "fallback",
+        "fallbacks",
         "is_failure",
+        "plain",
+        "retries",
+        "retry",
         "slow_timeout",
+        "stale",
+        "stale_answers",
         "timeout",
     )
 
@@ -92,6 +103,13 @@ class Session:
         # never signals, so close() has to cancel them itself.
         self.creating: set[asyncio.Task[Any]] = set()
         self.aborted: set[asyncio.Task[Any]] = set()
+        # The client-wide options, set by _options.configure; ``plain`` says
+        # that none is in effect, so a call without options checks one flag.
+        self.retry: Retry | None = None
+        self.fallback: object = None
+        self.stale: StaleCache | None = None
+        self.plain = True
+        self.retries = self.fallbacks = self.stale_answers = 0
 
     async def call(self, op: Op[T], call_timeout: object, /, *args: Any) -> T:
         """Run ``op(inner_client, *args)`` under the breaker and a deadline."""
@@ -107,11 +125,11 @@ class Session:
         try:
             result = await op(inner.client, *args)
         except asyncio.CancelledError as exc:
-            error = await _with_message(exc)
+            error = await with_message(exc)
             inner.calls -= 1
             if inner.retired:
                 channels.drained(inner)
-            self._settle(permit, deadline, seconds, inner, error)
+            self.settle(permit, deadline, seconds, inner, error)
             if error is exc:
                 raise
             raise error from exc
@@ -119,7 +137,7 @@ class Session:
             inner.calls -= 1
             if inner.retired:
                 channels.drained(inner)
-            self._settle(permit, deadline, seconds, inner, exc)
+            self.settle(permit, deadline, seconds, inner, exc)
             raise
         inner.calls -= 1
         if inner.retired:
@@ -128,11 +146,35 @@ class Session:
         breaker.record_success(permit)
         return result
 
+    async def direct(self, op: Op[T], seconds: float, /, *args: Any) -> T:
+        """Run ``op`` outside the breaker: not admitted, no outcome recorded.
+
+        For a lease keeper whose lease is about to run out while the breaker
+        rejects calls. It runs under a deadline of ``seconds``, on a fresh
+        channel if the current one waits out gRPC's reconnect backoff.
+        """
+        channels = self.channels
+        inner = channels.for_trial()
+        inner.calls += 1
+        deadline = start_deadline(self.clock, seconds)
+        try:
+            result = await op(inner.client, *args)
+        except BaseException as exc:
+            if deadline.expired(exc):
+                raise EtcdCallTimeoutError(self.breaker.name, seconds) from None
+            raise
+        finally:
+            inner.calls -= 1
+            if inner.retired:
+                channels.drained(inner)
+        deadline.expired(None)
+        return result
+
     def slow(self, call_timeout: object) -> object:
         """The deadline of a slow-by-nature call when the call names none."""
         return self.slow_timeout if call_timeout is None else call_timeout
 
-    def _settle(
+    def settle(
         self,
         permit: Permit,
         deadline: Deadline,

@@ -12,8 +12,11 @@ from ..core import CircuitBreaker, InvalidSettingTypeError
 from ._channel import LOCAL_SUBCHANNEL_POOL, Channels, Inner, factory_of
 from ._cluster import ClusterOps
 from ._keys import KeyOps
+from ._options import NO_FALLBACK, configure
 from ._session import Session, check_timeout
 from .outcomes import is_etcd_failure
+from .retry import Retry
+from .stale import StaleCache
 
 __all__ = ["DEFAULT_CALL_TIMEOUT", "SLOW_CALL_TIMEOUT", "BreakerClient"]
 
@@ -42,6 +45,13 @@ class BreakerClient(KeyOps, ClusterOps):
         is_failure: which errors of an etcd call count as failures; by
             default :func:`is_etcd_failure`, whatever the breaker's own
             ``is_failure`` says (that one still applies to ``breaker.call``).
+        retry: a :class:`Retry` for the idempotent operations (reads, status,
+            members, hash, lease info); a call can still ask with ``retry=``.
+        fallback: a value, or a function of the error, that the key reads
+            answer with when rejected or failing; :data:`NO_FALLBACK`: none.
+        stale_reads: a :class:`StaleCache`: ``get`` and ``get_prefix`` then
+            answer a rejected or failing read with its last good answer,
+            marked :class:`Stale`.
 
     ``timeout`` is passed on to aetcd as the gRPC deadline of each request.
     Watches, leases, members and locks handed out talk to etcd through this
@@ -66,6 +76,9 @@ class BreakerClient(KeyOps, ClusterOps):
         breaker: CircuitBreaker | None = None,
         call_timeout: float | None = None,
         is_failure: Callable[[BaseException], bool] | None = None,
+        retry: Retry | None = None,
+        fallback: Any = NO_FALLBACK,
+        stale_reads: StaleCache | None = None,
     ) -> None:
         client = aetcd.Client(
             host,
@@ -78,6 +91,7 @@ class BreakerClient(KeyOps, ClusterOps):
             connect_wait_timeout,
         )
         self._setup(client, True, breaker, call_timeout, is_failure)
+        configure(self._session, retry, fallback, stale_reads)
 
     @classmethod
     def wrap(
@@ -88,6 +102,9 @@ class BreakerClient(KeyOps, ClusterOps):
         call_timeout: float | None = None,
         is_failure: Callable[[BaseException], bool] | None = None,
         close_client: bool = False,
+        retry: Retry | None = None,
+        fallback: Any = NO_FALLBACK,
+        stale_reads: StaleCache | None = None,
     ) -> Self:
         """Guard an ``aetcd.Client`` you already have.
 
@@ -99,6 +116,7 @@ class BreakerClient(KeyOps, ClusterOps):
             raise InvalidSettingTypeError("client", client, "an aetcd.Client")
         self = cls.__new__(cls)
         self._setup(client, close_client, breaker, call_timeout, is_failure)
+        configure(self._session, retry, fallback, stale_reads)
         return self
 
     def _setup(
@@ -145,6 +163,21 @@ class BreakerClient(KeyOps, ClusterOps):
     def reconnects(self) -> int:
         """How often a trial moved to a fresh channel to skip gRPC's backoff."""
         return self._session.channels.reconnects
+
+    @property
+    def retries(self) -> int:
+        """Attempts made again after a failure, inside their calls' permits."""
+        return self._session.retries
+
+    @property
+    def fallbacks(self) -> int:
+        """Calls answered by a fallback instead of failing."""
+        return self._session.fallbacks
+
+    @property
+    def stale_answers(self) -> int:
+        """Reads answered from the stale-read cache instead of etcd."""
+        return self._session.stale_answers
 
     async def close(self) -> None:
         """Close the session; calls and watches still running end at once.

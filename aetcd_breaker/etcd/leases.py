@@ -1,0 +1,242 @@
+"""Keeping a lease alive in the background, also while the breaker is open.
+
+Design note. A keeper refreshes its lease a third of the TTL after the last
+refresh that got through. The lease's deadline is the moment that refresh
+was sent plus the TTL etcd answered: past it, etcd may have let it go.
+
+- A refresh runs under the breaker like any call. One that fails is tried
+  again with backoff for as long as the deadline allows, each attempt's own
+  deadline cut to the lease's remaining time.
+- A refresh the breaker rejects waits for the breaker (``wait_ready()``),
+  but only until the lease's safety point, a third of the TTL before its
+  deadline. From then on a rejected refresh is sent anyway, outside the
+  breaker (not admitted, not counted), on a fresh channel if the current one
+  waits out gRPC's reconnect backoff. So an open breaker never lets a lease
+  expire while etcd is healthy, and a breaker that recovers in time costs
+  etcd no extra call.
+- The lease is lost when its deadline passes before a refresh got through
+  (``expired``: etcd may still hold it, after a restart say, but nobody can
+  rely on it any more) or when etcd answers TTL 0 (``gone``). The keeper
+  stops; the lease's ``lost`` is set, its hooks run, ``aetcd_breaker.lease_lost``
+  is logged once, and every later use raises :class:`LeaseLostError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from types import TracebackType
+from typing import TYPE_CHECKING, Final
+
+import anyio
+
+from ..core import CircuitOpenError
+from ..core._clock import scope_until
+from . import _ops as ops
+from .errors import EXPIRED, GONE, LeaseLostError
+
+if TYPE_CHECKING:
+    from ._lease_ops import LeaseOps
+    from ._session import Session
+    from .objects import Lease
+
+__all__ = ["KeepAlive", "LeaseKeeper", "grant"]
+
+LostHook = Callable[[LeaseLostError], object]
+
+# The first pause after a failed refresh; it doubles up to a sixth of the TTL.
+_FIRST_PAUSE: Final = 0.1
+
+
+async def grant(
+    client: LeaseOps, ttl: int, lease_id: int | None, call_timeout: float | None
+) -> tuple[Lease, float]:
+    """Grant a lease through ``client``; the lease and its deadline."""
+    sent = client._session.clock.now()
+    lease = await client.lease(ttl, lease_id, call_timeout=call_timeout)
+    return lease, sent + lease.ttl
+
+
+async def _refresh(
+    lease: Lease, session: Session, expires: float, ttl: float
+) -> tuple[float, float] | None:
+    """Refresh once, trying until the deadline; the new deadline and TTL."""
+    clock = session.clock
+    safety = expires - ttl / 3
+    failures = 0
+    while True:
+        now = clock.now()
+        left = expires - now
+        if left <= 0:
+            lease._lose(EXPIRED)
+            return None
+        seconds = min(session.timeout, left)
+        try:
+            try:
+                reply = await session.call(ops.REFRESH_LEASE, seconds, lease.id)
+            except CircuitOpenError:
+                if now < safety:
+                    with scope_until(clock, safety):
+                        await session.breaker.wait_ready()
+                    continue
+                reply = await session.direct(ops.REFRESH_LEASE, seconds, lease.id)
+        except Exception:
+            failures += 1
+            pause = min(_FIRST_PAUSE * 2 ** (failures - 1), ttl / 6)
+            await clock.sleep_until(min(clock.now() + pause, expires))
+            continue
+        if reply.TTL <= 0:
+            lease._lose(GONE)
+            return None
+        return now + reply.TTL, float(reply.TTL)
+
+
+class KeepAlive:
+    """The background task that keeps one lease alive until stopped or lost."""
+
+    __slots__ = ("_expires", "_lease", "_session", "_task", "_ttl")
+
+    def __init__(
+        self, lease: Lease, session: Session, expires: float, ttl: float
+    ) -> None:
+        self._lease = lease
+        self._session = session
+        self._expires = expires
+        self._ttl = ttl
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        clock = self._session.clock
+        expires, ttl = self._expires, self._ttl
+        while True:
+            await clock.sleep_until(expires - 2 * ttl / 3)
+            refreshed = await _refresh(self._lease, self._session, expires, ttl)
+            if refreshed is None:
+                return
+            expires, ttl = refreshed
+
+    async def stop(self) -> None:
+        """Stop refreshing; no refresh is sent once this returns."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        with anyio.CancelScope(shield=True):
+            await asyncio.wait({task})
+        if not task.cancelled():
+            task.result()
+
+
+class LeaseKeeper:
+    """Keeps a lease alive while an ``async with`` block runs; gives the lease.
+
+    Made by ``etcd.lease_keeper(ttl)``, which grants a lease on entry and
+    revokes it on exit, or by ``lease.keep_alive()``, which keeps a lease
+    you have (refreshing it once on entry, so a lost one raises there).
+
+    The holder learns of a loss at once: ``lease.lost`` is set, ``on_lost``
+    is called with the :class:`LeaseLostError`, and every later use of the
+    lease raises it. With ``cancel_on_lost``, the block itself is cancelled
+    and the ``async with`` raises :class:`LeaseLostError`.
+    """
+
+    __slots__ = (
+        "_cancel_on_lost",
+        "_client",
+        "_hook",
+        "_keeping",
+        "_lease",
+        "_on_lost",
+        "_revoke",
+        "_scope",
+        "_timeout",
+        "_ttl",
+    )
+
+    def __init__(
+        self,
+        client: LeaseOps,
+        *,
+        ttl: int | None = None,
+        lease: Lease | None = None,
+        on_lost: LostHook | None = None,
+        cancel_on_lost: bool = False,
+        revoke: bool = True,
+        call_timeout: float | None = None,
+    ) -> None:
+        self._client = client
+        self._ttl = ttl
+        self._lease = lease
+        self._on_lost = on_lost
+        self._cancel_on_lost = cancel_on_lost
+        self._revoke = revoke
+        self._timeout = call_timeout
+        self._keeping: KeepAlive | None = None
+        self._scope: anyio.CancelScope | None = None
+        self._hook: LostHook | None = None
+
+    async def __aenter__(self) -> Lease:
+        if self._keeping is not None:
+            raise RuntimeError("a lease keeper keeps one block; make another")
+        session = self._client._session
+        if self._lease is None:
+            assert self._ttl is not None
+            lease, expires = await grant(self._client, self._ttl, None, self._timeout)
+            self._lease = lease
+            ttl = float(lease.ttl)
+        else:
+            lease = self._lease
+            sent = session.clock.now()
+            reply = await lease.refresh(call_timeout=self._timeout)
+            ttl = float(reply.TTL)
+            expires = sent + ttl
+        if self._on_lost is not None:
+            lease._hooks.append(self._on_lost)
+        if self._cancel_on_lost:
+            scope = self._scope = anyio.CancelScope()
+            self._hook = lambda _: scope.cancel()
+            lease._hooks.append(self._hook)
+            scope.__enter__()
+        self._keeping = KeepAlive(lease, session, expires, ttl)
+        self._keeping.start()
+        return lease
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        lease = self._lease
+        assert lease is not None and self._keeping is not None
+        try:
+            await self._keeping.stop()
+        finally:
+            for hook in (self._on_lost, self._hook):
+                if hook is not None and hook in lease._hooks:
+                    lease._hooks.remove(hook)
+            cancelled = False
+            if self._scope is not None:
+                cancelled = bool(self._scope.__exit__(exc_type, exc, tb))
+        if self._revoke:
+            await revoke_quietly(lease, self._timeout)
+        if cancelled and lease.lost_reason is not None:
+            raise LeaseLostError(lease.id, lease.lost_reason) from None
+
+
+async def revoke_quietly(lease: Lease, call_timeout: float | None) -> None:
+    """Revoke a lease that is no longer needed, if etcd may still hold it.
+
+    Shielded from the caller's cancellation, and quiet: when etcd cannot be
+    reached the lease expires by itself within its TTL.
+    """
+    if lease.lost_reason == GONE or lease._released:
+        return
+    with anyio.CancelScope(shield=True):
+        try:
+            await lease.revoke(call_timeout=call_timeout)
+        except Exception:
+            return

@@ -1,0 +1,302 @@
+"""A distributed lock that never runs its block without holding the lock.
+
+aetcd's own lock runs the body of ``async with`` when acquiring failed, and
+grants a lease on every attempt that it never revokes. This one:
+
+- grants one lease per acquisition, with an id it picks itself, and keeps it
+  alive while it waits and while it holds; an acquisition that gives up,
+  fails or is cancelled revokes that id, even when the grant's answer never
+  arrived (if etcd cannot be reached, the lease expires within its TTL);
+- makes each attempt one transaction: put its uuid if the key does not
+  exist, else read the holder (finding its own uuid there means it holds);
+- waits for the holder's delete event with a watch of its own: creating it
+  is a guarded call, waiting is not, so a long wait never trips the breaker
+  (a watch that fails because etcd went away is counted, and raised);
+- releases by deleting the key only while it still holds its uuid;
+- reports a lost lease at once, as :class:`LeaseKeeper` does.
+
+Its calls go through the session without the client-wide options: a lock
+must never act on a stale read or a fallback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import uuid
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final, Self
+
+import aetcd
+import anyio
+
+from ..core import CircuitOpenError
+from . import _ops as ops
+from ._holder import wait_for_delete
+from ._session import check_timeout
+from .errors import LeaseLostError, LockNotAcquiredError
+from .leases import KeepAlive, LostHook, revoke_quietly
+from .objects import Lease
+
+if TYPE_CHECKING:
+    from .client import BreakerClient
+
+__all__ = ["Lock"]
+
+
+# etcd lease ids are positive int64; 62 random bits make a clash negligible,
+# and a clash is answered (DuplicateLeaseError) rather than harmful.
+_ID_BITS: Final = 62
+
+
+class Lock:
+    """A lock on ``key`` held through a lease of ``ttl`` seconds.
+
+    ``async with lock:`` acquires within ``timeout`` seconds (``None``: no
+    limit) or raises: :class:`LockNotAcquiredError` when the holder did not
+    let go in time, the etcd error when etcd failed. While held, ``lost`` is
+    set and ``on_lost`` called the moment its lease is lost; with
+    ``cancel_on_lost`` the block is cancelled and raises
+    :class:`LeaseLostError`. Leaving the block releases the lock; if that
+    fails (etcd away), the lease is no longer refreshed and the lock frees
+    itself within ``ttl``.
+    """
+
+    __slots__ = (
+        "_cancel_on_lost",
+        "_client",
+        "_event",
+        "_granting",
+        "_held",
+        "_keeping",
+        "_lost",
+        "_on_lost",
+        "_scope",
+        "key",
+        "lease",
+        "revision",
+        "timeout",
+        "ttl",
+        "uuid",
+    )
+
+    def __init__(
+        self,
+        client: BreakerClient,
+        key: bytes,
+        ttl: int = 60,
+        *,
+        timeout: float | None = 10.0,
+        on_lost: LostHook | None = None,
+        cancel_on_lost: bool = False,
+    ) -> None:
+        self._client = client
+        self.key = key
+        self.ttl = ttl
+        self.timeout = timeout
+        self.uuid = uuid.uuid4().bytes
+        self.lease: Lease | None = None
+        self.revision: int | None = None
+        self._lost: LeaseLostError | None = None
+        self._on_lost = on_lost
+        self._cancel_on_lost = cancel_on_lost
+        self._granting: int | None = None
+        self._held = False
+        self._keeping: KeepAlive | None = None
+        self._event: anyio.Event | None = None
+        self._scope: anyio.CancelScope | None = None
+
+    @property
+    def lost(self) -> anyio.Event:
+        """Set once the lease of the held lock is lost."""
+        if self._event is None:
+            self._event = anyio.Event()
+            if self._lost is not None:
+                self._event.set()
+        return self._event
+
+    @property
+    def lost_reason(self) -> str | None:
+        """Why the held lock's lease was lost, or ``None``."""
+        return None if self._lost is None else self._lost.reason
+
+    def check(self) -> None:
+        """Raise :class:`LeaseLostError` if the lock's lease was lost."""
+        lost = self._lost
+        if lost is not None:
+            raise LeaseLostError(lost.lease_id, lost.reason)
+
+    async def acquire(
+        self, timeout: float | None = 10.0, *, call_timeout: float | None = None
+    ) -> bool:
+        """Acquire the lock; ``False`` if the holder did not let go in time.
+
+        ``timeout`` bounds the whole acquisition, calls included; the first
+        attempt is always made (``timeout=0`` tries once). Errors of etcd and
+        rejections by the breaker are raised.
+        """
+        if self._held:
+            raise RuntimeError(f"lock {self.key!r} is already held by this object")
+        clock = self._client._session.clock
+        give_up = None if timeout is None else clock.now() + timeout
+        acquired = False
+        try:
+            acquired = await self._attempts(give_up, call_timeout)
+        finally:
+            if not acquired:
+                await self._abandon(call_timeout)
+        return acquired
+
+    def _seconds(self, call_timeout: float | None, give_up: float | None) -> float:
+        """A call's deadline, cut to the time left (0: no time left)."""
+        session = self._client._session
+        seconds = (
+            session.timeout if call_timeout is None else check_timeout(call_timeout)
+        )
+        if give_up is None:
+            return seconds
+        return max(0.0, min(seconds, give_up - session.clock.now()))
+
+    async def _attempts(
+        self, give_up: float | None, call_timeout: float | None
+    ) -> bool:
+        session = self._client._session
+        first = True
+        while True:
+            seconds = self._seconds(call_timeout, give_up)
+            if seconds == 0:
+                if not first:
+                    return False
+                seconds = self._seconds(call_timeout, None)
+            if self.lease is None:
+                await self._grant(seconds)
+                continue
+            self.lease.check()
+            txn = self._client.transactions
+            succeeded, responses = await session.call(
+                ops.TRANSACTION,
+                seconds,
+                [txn.create(self.key) == 0],
+                [txn.put(self.key, self.uuid, lease=self.lease.id)],
+                [txn.get(self.key)],
+            )
+            first = False
+            if succeeded:
+                self.revision = responses[0].response_put.header.revision
+                return self._hold()
+            if responses and responses[0]:
+                value, holder = responses[0][0]
+                if value == self.uuid:
+                    # An earlier attempt went through but its answer was lost.
+                    self.revision = holder.mod_revision
+                    return self._hold()
+                await self._wait(holder.header.revision + 1, give_up, call_timeout)
+
+    async def _grant(self, seconds: float) -> None:
+        session = self._client._session
+        lease_id = secrets.randbits(_ID_BITS) + 1
+        self._granting = lease_id
+        sent = session.clock.now()
+        try:
+            raw = await session.call(ops.LEASE, seconds, self.ttl, lease_id)
+        except (CircuitOpenError, aetcd.DuplicateLeaseError):
+            # Not granted (or someone else's id): nothing of ours to revoke.
+            self._granting = None
+            raise
+        lease = self.lease = Lease(raw.id, raw.ttl, self._client)
+        lease._hooks.append(self._lease_lost)
+        self._keeping = KeepAlive(lease, session, sent + raw.ttl, float(raw.ttl))
+        self._keeping.start()
+
+    async def _wait(
+        self, start_revision: int, give_up: float | None, call_timeout: float | None
+    ) -> None:
+        seconds = self._seconds(call_timeout, give_up)
+        if seconds:
+            session = self._client._session
+            await wait_for_delete(session, self.key, start_revision, seconds, give_up)
+
+    def _hold(self) -> bool:
+        self._held = True
+        self._lost = None
+        self._event = None
+        self._granting = None
+        return True
+
+    def _lease_lost(self, error: LeaseLostError) -> None:
+        # While waiting, the next attempt finds the loss through check().
+        if not self._held:
+            return
+        self._lost = error
+        if self._event is not None:
+            self._event.set()
+        if self._scope is not None:
+            self._scope.cancel()
+        if self._on_lost is not None:
+            self._on_lost(error)
+
+    async def _abandon(self, call_timeout: float | None) -> None:
+        """Stop keeping the lease and revoke it, if it may exist."""
+        keeping, self._keeping = self._keeping, None
+        if keeping is not None:
+            await keeping.stop()
+        lease, self.lease = self.lease, None
+        lease_id, self._granting = self._granting, None
+        if lease is None and lease_id is not None:
+            # The grant may have reached etcd even though its answer did not.
+            lease = Lease(lease_id, self.ttl, self._client)
+        if lease is not None:
+            await revoke_quietly(lease, call_timeout)
+
+    async def release(self, *, call_timeout: float | None = None) -> bool:
+        """Let go; ``True`` if the key still held this lock and was deleted.
+
+        The lease is revoked too (quietly: if etcd is away it expires).
+        """
+        self._held = False
+        txn = self._client.transactions
+        try:
+            succeeded, _ = await self._client._session.call(
+                ops.TRANSACTION,
+                call_timeout,
+                [txn.value(self.key) == self.uuid],
+                [txn.delete(self.key)],
+                [],
+            )
+        finally:
+            await self._abandon(call_timeout)
+        return bool(succeeded)
+
+    async def refresh(self, *, call_timeout: float | None = None) -> Any:
+        """Refresh the lock's lease at once (the keeper does so anyway)."""
+        if self.lease is None:
+            raise ValueError(f"no lease associated with this lock: {self.key!r}")
+        return await self.lease.refresh(call_timeout=call_timeout)
+
+    async def is_acquired(self, *, call_timeout: float | None = None) -> bool:
+        """Whether etcd says this lock holds the key now."""
+        found = await self._client._session.call(ops.GET, call_timeout, self.key, False)
+        return found is not None and found.value == self.uuid
+
+    async def __aenter__(self) -> Self:
+        if not await self.acquire(self.timeout):
+            raise LockNotAcquiredError(self.key, self.timeout)
+        if self._cancel_on_lost:
+            self._scope = anyio.CancelScope()
+            self._scope.__enter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        scope, self._scope = self._scope, None
+        cancelled = scope is not None and bool(scope.__exit__(exc_type, exc, tb))
+        # A failed release is not raised over the block's outcome: the lease
+        # is no longer refreshed, so etcd frees the lock within its TTL.
+        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+            await self.release()
+        if cancelled:
+            self.check()

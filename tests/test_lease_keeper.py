@@ -1,0 +1,234 @@
+"""Kept leases against a real etcd: alive through an open breaker, lost loudly."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, MutableMapping
+from typing import Any
+
+import aetcd
+import anyio
+import pytest
+from structlog.testing import capture_logs
+
+from aetcd_breaker.core import CircuitBreaker, State
+from aetcd_breaker.etcd import (
+    EXPIRED,
+    GONE,
+    LEASE_LOST,
+    BreakerClient,
+    LeaseLostError,
+)
+from aetcd_breaker.testing import EtcdServer
+
+pytestmark = [pytest.mark.anyio, pytest.mark.etcd]
+
+# Bounds that only turn a hang into a failure; no test relies on them.
+HANG = 20.0
+TTL = 2
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="module", autouse=True)
+async def one_event_loop() -> AsyncIterator[None]:
+    """One loop for the module: gRPC may complete a closed call late."""
+    yield
+    await anyio.sleep(0.1)
+
+
+def client_of(server: EtcdServer, **kwargs: Any) -> BreakerClient:
+    return BreakerClient(server.host, server.port, **kwargs)
+
+
+@contextlib.asynccontextmanager
+async def raw_client(server: EtcdServer) -> AsyncIterator[aetcd.Client]:
+    """A plain aetcd client: another party, outside any breaker."""
+    client = aetcd.Client(server.host, server.port)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+def lease_lost_logs(logs: list[MutableMapping[str, Any]]) -> list[Any]:
+    return [entry for entry in logs if entry["event"] == LEASE_LOST]
+
+
+async def test_keeper_keeps_the_lease_alive_while_the_breaker_is_forced_open(
+    etcd_server_session: EtcdServer,
+) -> None:
+    server = etcd_server_session
+    async with client_of(server) as etcd, raw_client(server) as raw:
+        async with etcd.lease_keeper(TTL) as lease:
+            await etcd.put(b"/kept/open", b"v", lease=lease)
+            etcd.breaker.force_open()
+            before = etcd.breaker.metrics()
+
+            # Twice the TTL: the lease would be gone without a refresh.
+            await anyio.sleep(2 * TTL)
+            info = await raw.get_lease_info(lease.id)
+            key = await raw.get(b"/kept/open")
+            after = etcd.breaker.metrics()
+            etcd.breaker.reset()
+
+        assert info.TTL > 0
+        assert key is not None and key.value == b"v"
+        assert not lease.lost.is_set() and lease.lost_reason is None
+        # The keeper tried through the breaker first; what it sent around
+        # the breaker was neither admitted nor counted.
+        assert after.rejected > before.rejected
+        assert (after.successes, after.failures) == (before.successes, 0)
+        assert (await raw.get_lease_info(lease.id)).TTL == -1
+
+
+async def test_keeper_refreshes_through_the_breaker_while_it_is_closed(
+    etcd_server_session: EtcdServer,
+) -> None:
+    async with client_of(etcd_server_session) as etcd:
+        async with etcd.lease_keeper(TTL) as lease:
+            start = etcd.breaker.metrics().successes
+            await anyio.sleep(TTL)
+            refreshed = etcd.breaker.metrics().successes - start
+
+        assert refreshed >= 2
+        assert not lease.lost.is_set()
+
+
+async def test_lease_lost_while_etcd_was_down_is_reported_at_once_and_on_use(
+    etcd_server: EtcdServer,
+) -> None:
+    breaker = CircuitBreaker(name="etcd", failure_threshold=2, reset_timeout=0.2)
+    told: list[LeaseLostError] = []
+    async with client_of(etcd_server, breaker=breaker) as etcd:
+        with capture_logs() as logs:
+            async with etcd.lease_keeper(TTL, on_lost=told.append) as lease:
+                etcd_server.kill()
+                with anyio.fail_after(HANG):
+                    await lease.lost.wait()
+                await etcd_server.arestart()
+                with pytest.raises(LeaseLostError) as on_refresh:
+                    await lease.refresh()
+                with pytest.raises(LeaseLostError):
+                    await etcd.put(b"/kept/lost", b"v", lease=lease)
+                with pytest.raises(LeaseLostError):
+                    await lease.remaining_ttl()
+                with anyio.fail_after(HANG):
+                    while breaker.state is not State.CLOSED:
+                        await breaker.wait_ready()
+                        with contextlib.suppress(aetcd.ClientError):
+                            await etcd.get(b"/kept/probe")
+        async with raw_client(etcd_server) as raw:
+            # etcd revives leases when it restarts; leaving the block revoked
+            # the one that nobody could rely on any more.
+            revived = await raw.get_lease_info(lease.id)
+
+    assert [error.reason for error in told] == [EXPIRED]
+    assert on_refresh.value.lease_id == lease.id
+    assert on_refresh.value.reason == EXPIRED
+    assert lease.lost_reason == EXPIRED
+    assert lease_lost_logs(logs) == [
+        {
+            "event": LEASE_LOST,
+            "log_level": "warning",
+            "breaker": "etcd",
+            "lease_id": lease.id,
+            "reason": EXPIRED,
+        }
+    ]
+    assert revived.TTL == -1
+
+
+async def test_lease_revoked_by_someone_else_cancels_the_block_when_asked(
+    etcd_server_session: EtcdServer,
+) -> None:
+    server = etcd_server_session
+    ran_on = False
+    async with client_of(server) as etcd, raw_client(server) as raw:
+        with capture_logs() as logs, pytest.raises(LeaseLostError) as info:
+            async with etcd.lease_keeper(TTL, cancel_on_lost=True) as lease:
+                await raw.revoke_lease(lease.id)
+                with anyio.fail_after(HANG):
+                    await anyio.sleep_forever()
+                ran_on = True
+
+    assert not ran_on
+    assert (info.value.lease_id, info.value.reason) == (lease.id, GONE)
+    assert lease.lost.is_set()
+    assert [entry["reason"] for entry in lease_lost_logs(logs)] == [GONE]
+
+
+async def test_revoked_lease_is_told_apart_from_one_revoked_through_itself(
+    etcd_server_session: EtcdServer,
+) -> None:
+    server = etcd_server_session
+    async with client_of(server) as etcd, raw_client(server) as raw:
+        theirs = await etcd.lease(30)
+        ours = await etcd.lease(30)
+        await raw.revoke_lease(theirs.id)
+        await ours.revoke()
+
+        with capture_logs() as logs, pytest.raises(LeaseLostError) as info:
+            await theirs.remaining_ttl()
+        with pytest.raises(LeaseLostError):
+            await theirs.keys()
+        remaining = await ours.remaining_ttl()
+
+    assert info.value.reason == GONE and theirs.lost.is_set()
+    assert len(lease_lost_logs(logs)) == 1
+    assert remaining == -1 and not ours.lost.is_set()
+
+
+async def test_keep_alive_of_a_lease_you_hold_refreshes_on_entry(
+    etcd_server_session: EtcdServer,
+) -> None:
+    server = etcd_server_session
+    async with client_of(server) as etcd, raw_client(server) as raw:
+        kept = await etcd.lease(TTL)
+        gone = await etcd.lease(TTL)
+        await raw.revoke_lease(gone.id)
+
+        async with kept.keep_alive() as lease:
+            held = await raw.get_lease_info(lease.id)
+        after = await raw.get_lease_info(kept.id)
+        with pytest.raises(LeaseLostError) as info:
+            async with gone.keep_alive():
+                pytest.fail("the block ran with a lost lease")
+        await kept.revoke()
+
+    assert lease is kept and held.TTL > 0
+    # keep_alive() leaves a lease you hold to you: it is not revoked on exit.
+    assert after.TTL > 0
+    assert info.value.reason == GONE
+
+
+async def test_lease_keeper_revokes_its_lease_on_exit_even_when_cancelled(
+    etcd_server_session: EtcdServer,
+) -> None:
+    server = etcd_server_session
+    async with client_of(server) as etcd, raw_client(server) as raw:
+        with anyio.move_on_after(0.2):
+            async with etcd.lease_keeper(30) as lease:
+                await anyio.sleep_forever()
+        info = await raw.get_lease_info(lease.id)
+
+    assert info.TTL == -1
+    assert not lease.lost.is_set()
+
+
+async def test_lease_revoked_through_itself_in_the_block_is_not_lost(
+    etcd_server_session: EtcdServer,
+) -> None:
+    told: list[LeaseLostError] = []
+    async with client_of(etcd_server_session) as etcd:
+        with capture_logs() as logs:
+            async with etcd.lease_keeper(TTL, on_lost=told.append) as lease:
+                await lease.revoke()
+                # Long enough for the keeper's next refresh to find it gone.
+                await anyio.sleep(TTL / 2)
+
+    assert told == [] and lease_lost_logs(logs) == []
+    assert not lease.lost.is_set()

@@ -1,0 +1,221 @@
+"""Our lock against a real etcd: it holds before its block runs, and leaks nothing."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aetcd
+import anyio
+import pytest
+from aetcd import rpc
+
+from aetcd_breaker.core import CircuitBreaker
+from aetcd_breaker.etcd import (
+    GONE,
+    BreakerClient,
+    EtcdCircuitOpenError,
+    LeaseLostError,
+    Lock,
+    LockNotAcquiredError,
+)
+from aetcd_breaker.testing import EtcdServer, FaultProxy
+
+pytestmark = [pytest.mark.anyio, pytest.mark.etcd]
+
+# Bounds that only turn a hang into a failure; no test relies on them.
+HANG = 20.0
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="module", autouse=True)
+async def one_event_loop() -> AsyncIterator[None]:
+    """One loop for the module: gRPC may complete a closed call late."""
+    yield
+    await anyio.sleep(0.1)
+
+
+@pytest.fixture
+async def raw(etcd_server_session: EtcdServer) -> AsyncIterator[aetcd.Client]:
+    """A plain aetcd client: another party, outside any breaker."""
+    server = etcd_server_session
+    client = aetcd.Client(server.host, server.port)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+def client_of(server: EtcdServer | FaultProxy, **kwargs: Any) -> BreakerClient:
+    return BreakerClient(server.host, server.port, **kwargs)
+
+
+async def lease_ids(raw: aetcd.Client) -> set[int]:
+    await raw.connect()
+    found = await raw.leasestub.LeaseLeases(rpc.LeaseLeasesRequest())
+    return {lease.ID for lease in found.leases}
+
+
+async def test_second_contender_waits_for_the_holder_without_counting_it(
+    etcd_server_session: EtcdServer, raw: aetcd.Client
+) -> None:
+    server = etcd_server_session
+    order: list[str] = []
+    async with (
+        client_of(server) as first,
+        FaultProxy(server.host, server.port) as proxy,
+        client_of(proxy) as second,
+    ):
+        async with first.lock(b"/lock/two", ttl=10) as held:
+            waiter = second.lock(b"/lock/two", ttl=10, timeout=HANG)
+
+            async def contend() -> None:
+                async with waiter:
+                    order.append("second holds")
+                    assert await waiter.is_acquired()
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(contend)
+                # A lease, a transaction and a watch: the waiter now waits.
+                await proxy.wait_for_requests(3)
+                assert await held.is_acquired()
+                order.append("first releases")
+                await held.release()
+        metrics = second.breaker.metrics()
+
+    assert order == ["first releases", "second holds"]
+    assert (metrics.failures, metrics.rejected) == (0, 0)
+    assert not await raw.get(b"/lock/two")
+
+
+async def test_acquire_that_times_out_leaks_no_lease(
+    etcd_server_session: EtcdServer, raw: aetcd.Client
+) -> None:
+    async with client_of(etcd_server_session) as etcd:
+        async with etcd.lock(b"/lock/timeout", ttl=10) as held:
+            assert held.lease is not None
+            held_id = held.lease.id
+            before = await lease_ids(raw)
+            contender = etcd.lock(b"/lock/timeout", ttl=10, timeout=0.3)
+            acquired = await contender.acquire(timeout=0.3)
+            entered = False
+            with pytest.raises(LockNotAcquiredError) as info:
+                async with contender:
+                    entered = True
+            during = await lease_ids(raw)
+        after = await lease_ids(raw)
+        failures = etcd.breaker.metrics().failures
+
+    # Leases of other tests may expire meanwhile; none may appear.
+    assert during <= before and after <= before
+    assert held_id in before and held_id not in after
+    assert (acquired, entered) == (False, False)
+    assert (info.value.key, info.value.timeout) == (b"/lock/timeout", 0.3)
+    assert failures == 0
+
+
+async def test_block_never_runs_when_etcd_is_down(etcd_server: EtcdServer) -> None:
+    breaker = CircuitBreaker(name="etcd", failure_threshold=3, reset_timeout=60)
+    entered = []
+    async with client_of(etcd_server, breaker=breaker) as etcd:
+        await etcd.put(b"/lock/down-probe", b"v")
+        etcd_server.kill()
+        errors = []
+        for _ in range(3):
+            with pytest.raises(aetcd.ClientError) as info:
+                async with etcd.lock(b"/lock/down", ttl=5):
+                    entered.append(True)
+            errors.append(info.value)
+
+    assert entered == []
+    assert isinstance(errors[0], aetcd.ConnectionFailedError)
+    assert isinstance(errors[-1], EtcdCircuitOpenError)
+
+
+async def test_rejected_acquire_raises_without_granting_or_revoking(
+    etcd_server_session: EtcdServer,
+) -> None:
+    async with client_of(etcd_server_session) as etcd:
+        etcd.breaker.force_open()
+        lock = etcd.lock(b"/lock/rejected", ttl=5)
+        with pytest.raises(EtcdCircuitOpenError):
+            await lock.acquire(timeout=1)
+        metrics = etcd.breaker.metrics()
+
+    assert (metrics.rejected, metrics.calls) == (1, 0)
+
+
+async def test_release_deletes_the_key_only_while_this_lock_holds_it(
+    etcd_server_session: EtcdServer, raw: aetcd.Client
+) -> None:
+    async with client_of(etcd_server_session) as etcd:
+        first = etcd.lock(b"/lock/owner", ttl=10)
+        assert await first.acquire()
+        assert first.lease is not None
+        await raw.revoke_lease(first.lease.id)
+        second = etcd.lock(b"/lock/owner", ttl=10)
+        assert await second.acquire(timeout=HANG)
+
+        released = await first.release()
+        still = await second.is_acquired()
+        await second.release()
+
+    assert (released, still) == (False, True)
+
+
+async def test_lock_lost_while_held_is_reported_and_cancels_the_block(
+    etcd_server_session: EtcdServer, raw: aetcd.Client
+) -> None:
+    told: list[LeaseLostError] = []
+    ran_on = False
+    async with client_of(etcd_server_session) as etcd:
+        lock = etcd.lock(b"/lock/lost", ttl=2, on_lost=told.append, cancel_on_lost=True)
+        with pytest.raises(LeaseLostError) as info:
+            async with lock:
+                assert lock.lease is not None
+                lease_id = lock.lease.id
+                await raw.revoke_lease(lease_id)
+                with anyio.fail_after(HANG):
+                    await anyio.sleep_forever()
+                ran_on = True
+
+    assert not ran_on
+    assert lock.lost.is_set() and lock.lost_reason == GONE
+    assert [(e.lease_id, e.reason) for e in told] == [(lease_id, GONE)]
+    assert (info.value.lease_id, info.value.reason) == (lease_id, GONE)
+    with pytest.raises(LeaseLostError):
+        lock.check()
+
+
+async def test_lock_lease_is_kept_alive_while_held(
+    etcd_server_session: EtcdServer, raw: aetcd.Client
+) -> None:
+    etcd = client_of(etcd_server_session)
+    async with etcd, etcd.lock(b"/lock/kept", ttl=1) as lock:
+        # Past the TTL: only the keeper keeps the key.
+        await anyio.sleep(2)
+        found = await raw.get(b"/lock/kept")
+
+    assert found is not None and found.value == lock.uuid
+    assert not lock.lost.is_set()
+
+
+async def test_a_lock_object_is_not_acquired_twice(
+    etcd_server_session: EtcdServer,
+) -> None:
+    async with client_of(etcd_server_session) as etcd:
+        lock = etcd.lock(b"/lock/twice", ttl=5)
+        assert isinstance(lock, Lock)
+        async with lock:
+            with pytest.raises(RuntimeError, match="already held"):
+                await lock.acquire()
+        with contextlib.suppress(LockNotAcquiredError):
+            async with lock:
+                again = await lock.is_acquired()
+
+    assert again
