@@ -417,20 +417,6 @@ async def test_waiting_for_events_is_not_under_the_call_deadline(
         assert etcd.breaker.metrics().failures == 0
 
 
-async def test_failing_watch_stream_counts_as_a_failure(
-    etcd_server: EtcdServer,
-) -> None:
-    async with client_of(etcd_server) as etcd:
-        watch = await etcd.watch(b"k")
-        etcd_server.kill()
-
-        with anyio.fail_after(HANG), pytest.raises(aetcd.ConnectionFailedError):
-            async for _ in watch:
-                pass
-
-        assert etcd.breaker.metrics().failures == 1
-
-
 async def test_leaving_the_session_ends_a_running_watch(
     etcd_server_session: EtcdServer,
 ) -> None:

@@ -58,6 +58,7 @@ def test_namespace_exports_exactly_the_etcd_layer() -> None:
         "Lease",
         "Member",
         "Watch",
+        "WatchCompactedError",
         "is_etcd_failure",
         # Leases, locks, retries, fallbacks and stale reads.
         "EXPIRED",

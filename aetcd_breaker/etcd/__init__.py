@@ -11,6 +11,7 @@ from .errors import (
     EtcdCircuitOpenError,
     LeaseLostError,
     LockNotAcquiredError,
+    WatchCompactedError,
 )
 from .leases import LeaseKeeper
 from .lock import Lock
@@ -44,5 +45,6 @@ __all__ = [
     "StaleGet",
     "StaleGetRange",
     "Watch",
+    "WatchCompactedError",
     "is_etcd_failure",
 ]

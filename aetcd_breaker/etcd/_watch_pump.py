@@ -11,7 +11,8 @@ import aetcd
 from ..core import CircuitOpenError, State
 from ._session import Session
 from ._watch_position import Position
-from ._watch_stream import Stream, WatchCompactedError
+from ._watch_stream import Stream
+from .errors import WatchCompactedError
 
 __all__ = ["Handoff", "Opener", "Pump"]
 

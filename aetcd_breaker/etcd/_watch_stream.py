@@ -11,13 +11,13 @@ import grpc  # type: ignore[import-untyped]
 from aetcd import rpc
 from aetcd.exceptions import _handle_exception
 
-from ..core import BreakerError, InvalidSettingTypeError
+from ..core import InvalidSettingTypeError
 from ._channel import Inner
+from .errors import WatchCompactedError
 
 __all__ = [
     "Stream",
     "StreamSilentError",
-    "WatchCompactedError",
     "WatchSpec",
     "open_stream",
 ]
@@ -32,31 +32,6 @@ _FILTERS: Final = {
 
 
 # aetcd ships no type information, so mypy sees its classes as Any.
-class WatchCompactedError(BreakerError, aetcd.RevisionCompactedError):  # type: ignore[misc]
-    """A watch cannot go on: etcd compacted the revision it had to resume from.
-
-    Events between the watch's last delivered revision and
-    ``compacted_revision`` are gone for good. Read the current state, then
-    watch again from the revision of that read plus one.
-
-    Attributes:
-        compacted_revision: the oldest revision etcd still keeps.
-        revision: the revision the watch needed to go on from.
-    """
-
-    def __init__(self, compacted_revision: int, revision: int) -> None:
-        self.compacted_revision = compacted_revision
-        self.revision = revision
-        Exception.__init__(
-            self,
-            f"cannot watch from revision {revision}: etcd compacted its history "
-            f"below revision {compacted_revision}",
-        )
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.compacted_revision, self.revision))
-
-
 class StreamSilentError(aetcd.ConnectionTimeoutError):  # type: ignore[misc]
     """etcd sent nothing on a watch stream, not even an answer to a probe."""
 

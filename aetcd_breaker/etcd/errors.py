@@ -7,6 +7,8 @@ The tree, so that callers can see what to catch::
     │   └── EtcdCircuitOpenError     rejected at once: the circuit is open
     ├── aetcd.ConnectionTimeoutError
     │   └── EtcdCallTimeoutError     the call ran past its deadline
+    ├── aetcd.RevisionCompactedError
+    │   └── WatchCompactedError      a watch cannot resume: history compacted
     └── LeaseLostError               a lease (or the lock it held) is gone
 
     BreakerError
@@ -15,7 +17,8 @@ The tree, so that callers can see what to catch::
     ├── CallTimeoutError (also TimeoutError)
     │   └── EtcdCallTimeoutError
     ├── LeaseLostError
-    └── LockNotAcquiredError (also TimeoutError)
+    ├── LockNotAcquiredError (also TimeoutError)
+    └── WatchCompactedError
 
 Code written against raw aetcd that catches ``aetcd.ClientError`` keeps
 working. Neither error of a call is an ``aetcd.WatchTimeoutError``: aetcd's
@@ -38,6 +41,7 @@ __all__ = [
     "EtcdCircuitOpenError",
     "LeaseLostError",
     "LockNotAcquiredError",
+    "WatchCompactedError",
 ]
 
 EXPIRED: Final = "expired"
@@ -95,3 +99,28 @@ class LockNotAcquiredError(BreakerError, TimeoutError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.key, self.timeout))
+
+
+class WatchCompactedError(BreakerError, aetcd.RevisionCompactedError):  # type: ignore[misc]
+    """A watch cannot go on: etcd compacted the revision it had to resume from.
+
+    Events between the watch's last delivered revision and
+    ``compacted_revision`` are gone for good. Read the current state, then
+    watch again from the revision of that read plus one.
+
+    Attributes:
+        compacted_revision: the oldest revision etcd still keeps.
+        revision: the revision the watch needed to go on from.
+    """
+
+    def __init__(self, compacted_revision: int, revision: int) -> None:
+        self.compacted_revision = compacted_revision
+        self.revision = revision
+        Exception.__init__(
+            self,
+            f"cannot watch from revision {revision}: etcd compacted its history "
+            f"below revision {compacted_revision}",
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.compacted_revision, self.revision))

@@ -15,7 +15,8 @@ import anyio
 from ._session import Session, check_timeout
 from ._watch_position import Position
 from ._watch_pump import Opener, Pump
-from ._watch_stream import Stream, WatchCompactedError, WatchSpec, open_stream
+from ._watch_stream import Stream, WatchSpec, open_stream
+from .errors import WatchCompactedError
 
 __all__ = [
     "PROGRESS_INTERVAL",
