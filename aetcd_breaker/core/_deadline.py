@@ -176,7 +176,9 @@ async def redeliver_cancellation(exc: BaseException) -> BaseException:
         or anyio.current_effective_deadline() != -math.inf
     ):
         return exc
-    for _ in range(3):
+    # anyio delivers a pending cancellation again on every turn of the loop;
+    # the bound only guards against a scope that never does.
+    for _ in range(10):
         try:
             await asyncio.sleep(0)
         except asyncio.CancelledError as delivered:

@@ -8,11 +8,10 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import aetcd
-import anyio
 import structlog
 
 from ..core import CircuitBreaker, InvalidSettingError, InvalidSettingTypeError
-from ..core._deadline import Deadline, start_deadline
+from ..core._deadline import Deadline, redeliver_cancellation, start_deadline
 from ..core.breaker import ADMIT
 from ..core.guard import Permit
 from ._channel import Channels, Inner
@@ -22,7 +21,7 @@ if TYPE_CHECKING:
     from .retry import Retry
     from .stale import StaleCache
 
-__all__ = ["Op", "Session", "check_timeout", "with_message"]
+__all__ = ["Op", "Session", "check_timeout"]
 
 T = TypeVar("T")
 Op = Callable[..., Awaitable[T]]
@@ -31,9 +30,6 @@ Op = Callable[..., Awaitable[T]]
 _log = structlog.get_logger("aetcd_breaker")
 _CLOSED: Final = "the BreakerClient was closed while the call ran"
 _CUT_OFF: Final = "the call was cut off: its gRPC channel was closed under it"
-# anyio delivers a pending cancellation again on every turn of the loop; the
-# bound only guards against a scope that never does.
-_REDELIVERY_CHECKPOINTS: Final = 10
 
 
 def check_timeout(value: object, setting: str = "call_timeout") -> float:
@@ -43,24 +39,6 @@ def check_timeout(value: object, setting: str = "call_timeout") -> float:
     if not (value > 0 and math.isfinite(value)):
         raise InvalidSettingError(setting, value, "a finite number above 0")
     return float(value)
-
-
-async def with_message(exc: asyncio.CancelledError) -> asyncio.CancelledError:
-    """The cancellation to handle: ``exc``, or anyio's own delivered again.
-
-    gRPC ends a cancelled call with a fresh ``CancelledError()`` that lost the
-    canceller's message, and anyio tells its cancellations by that message:
-    a cancel scope would not recognize its own. anyio cancellation is level
-    triggered, so a checkpoint inside the cancelled scope brings it back.
-    """
-    if exc.args or anyio.current_effective_deadline() != -math.inf:
-        return exc
-    for _ in range(_REDELIVERY_CHECKPOINTS):
-        try:
-            await asyncio.sleep(0)
-        except asyncio.CancelledError as delivered:
-            return delivered
-    return exc
 
 
 class Session:
@@ -125,7 +103,7 @@ class Session:
         try:
             result = await op(inner.client, *args)
         except asyncio.CancelledError as exc:
-            error = await with_message(exc)
+            error = await redeliver_cancellation(exc)
             inner.calls -= 1
             if inner.retired:
                 channels.drained(inner)

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..core import InvalidSettingError, State
-from ..core._deadline import start_deadline
+from ..core._deadline import redeliver_cancellation, start_deadline
 from ..core.policies import check_count, check_number
-from ._session import check_timeout, with_message
+from ._session import check_timeout
 from .errors import EtcdCircuitOpenError
 
 if TYPE_CHECKING:
@@ -96,7 +96,7 @@ async def call_retrying(
                 if inner.retired:
                     channels.drained(inner)
         except asyncio.CancelledError as exc:
-            error = await with_message(exc)
+            error = await redeliver_cancellation(exc)
             session.settle(permit, deadline, seconds, inner, error)
             if error is exc:
                 raise
