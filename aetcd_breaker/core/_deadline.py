@@ -177,10 +177,13 @@ async def redeliver_cancellation(exc: BaseException) -> BaseException:
     ):
         return exc
     # anyio delivers a pending cancellation again on every turn of the loop;
-    # the bound only guards against a scope that never does.
+    # the bound only guards against a scope that never does. A bare one met
+    # on the way is a deadline timer's request that landed while the task
+    # was runnable: its deadline accounts for it, so keep waiting for anyio's.
     for _ in range(10):
         try:
             await asyncio.sleep(0)
         except asyncio.CancelledError as delivered:
-            return delivered
+            if delivered.args:
+                return delivered
     return exc
