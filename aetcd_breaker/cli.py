@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import anyio
 import structlog
 
-from .demo import FAULTS, format_table, run_demo
+from .demo import FAULTS, PhaseStats, format_table, run_demo
 
 __all__ = ["main"]
 
@@ -86,6 +87,30 @@ def _configure_logging(log_format: str) -> None:
     )
 
 
+async def _until_terminated(
+    job: Callable[[], Awaitable[list[PhaseStats]]],
+) -> list[PhaseStats] | None:
+    """Run ``job``; on SIGTERM cancel it, so its cleanup still runs.
+
+    Python's default for SIGTERM ends the process on the spot, which would
+    leave the embedded etcd's directories behind (``timeout``, CI runners and
+    service managers all stop programs that way).
+    """
+    result: list[PhaseStats] | None = None
+    async with anyio.create_task_group() as tg:
+
+        async def on_sigterm() -> None:
+            with anyio.open_signal_receiver(signal.SIGTERM) as signals:
+                async for _ in signals:
+                    tg.cancel_scope.cancel()
+                    return
+
+        tg.start_soon(on_sigterm)
+        result = await job()
+        tg.cancel_scope.cancel()
+    return result
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     args = _parser().parse_args(argv)
@@ -93,11 +118,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     faults = tuple(args.fault) if args.fault else FAULTS
     try:
         phases = anyio.run(
+            _until_terminated,
             lambda: run_demo(
                 faults, phase_seconds=args.phase_seconds, workers=args.workers
-            )
+            ),
         )
     except KeyboardInterrupt:
+        phases = None
+    if phases is None:
         print("interrupted; etcd stopped and its data removed", file=sys.stderr)
         return 130
     if args.log_format == "json":

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import math
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -1080,3 +1080,14 @@ async def test_wait_ready_in_half_open_wakes_when_a_permit_comes_back(
         await waiter.done.wait()
 
     assert breaker.acquire() is not None
+
+
+def test_decorating_an_async_generator_is_refused_by_name() -> None:
+    async def events() -> AsyncIterator[int]:
+        yield 1
+
+    with pytest.raises(InvalidSettingTypeError) as raised:
+        CircuitBreaker()(events)  # type: ignore[arg-type]
+
+    assert raised.value.setting == "fn"
+    assert "not an async generator" in str(raised.value)

@@ -97,7 +97,8 @@ def test_demo_rejects_a_bad_option_with_a_usage_error(args: list[str]) -> None:
     assert args[-1] in done.stderr
 
 
-def test_demo_interrupted_leaves_no_etcd_and_no_directory() -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_demo_interrupted_leaves_no_etcd_and_no_directory(signum: int) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "aetcd_breaker", "demo", "--log-format", "json"],
         stdout=subprocess.PIPE,
@@ -108,6 +109,6 @@ def test_demo_interrupted_leaves_no_etcd_and_no_directory() -> None:
     started = json.loads(proc.stdout.readline())
     assert started["event"] == "demo.etcd_started"
     assert json.loads(proc.stdout.readline())["event"] == "demo.phase"
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     assert proc.wait(timeout=30) == 130
     assert _gone(started)

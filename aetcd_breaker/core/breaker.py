@@ -29,6 +29,7 @@ the state is updated.
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final, ParamSpec, TypeVar
 
@@ -368,8 +369,10 @@ class CircuitBreaker:
 
     def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
         """Use the breaker as a decorator on an async function."""
-        if not callable(fn):
-            raise InvalidSettingTypeError("fn", fn, "an async function")
+        if not callable(fn) or inspect.isasyncgenfunction(fn):
+            raise InvalidSettingTypeError(
+                "fn", fn, "an async function (not an async generator)"
+            )
 
         @functools.wraps(fn)
         async def guarded(*args: P.args, **kwargs: P.kwargs) -> T:

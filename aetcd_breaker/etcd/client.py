@@ -11,6 +11,7 @@ import aetcd
 from ..core import CircuitBreaker, InvalidSettingTypeError
 from ._channel import LOCAL_SUBCHANNEL_POOL, Channels, Inner, factory_of
 from ._cluster import ClusterOps
+from ._connection import check_connection
 from ._keys import KeyOps
 from ._options import NO_FALLBACK, configure
 from ._session import Session, check_timeout
@@ -80,6 +81,9 @@ class BreakerClient(KeyOps, ClusterOps):
         fallback: Any = NO_FALLBACK,
         stale_reads: StaleCache | None = None,
     ) -> None:
+        grpc_options = check_connection(
+            host, port, username, password, timeout, options, connect_wait_timeout
+        )
         client = aetcd.Client(
             host,
             port,
@@ -87,7 +91,7 @@ class BreakerClient(KeyOps, ClusterOps):
             password,
             timeout,
             # A channel of its own backoff; see _channel.py.
-            {LOCAL_SUBCHANNEL_POOL: 1, **(options or {})},
+            {LOCAL_SUBCHANNEL_POOL: 1, **grpc_options},
             connect_wait_timeout,
         )
         self._setup(client, True, breaker, call_timeout, is_failure)
@@ -178,6 +182,15 @@ class BreakerClient(KeyOps, ClusterOps):
     def stale_answers(self) -> int:
         """Reads answered from the stale-read cache instead of etcd."""
         return self._session.stale_answers
+
+    async def connect(self) -> None:
+        """Set up the session's channel, as ``aetcd.Client.connect`` does.
+
+        Like aetcd's, it makes no network call, so it is not guarded: the
+        first real call is the first contact with etcd. Calls connect by
+        themselves; this exists for code written against aetcd.
+        """
+        await self._session.channels.current.client.connect()
 
     async def close(self) -> None:
         """Close the session; calls and watches still running end at once.

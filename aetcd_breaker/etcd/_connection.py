@@ -1,0 +1,60 @@
+"""Validation of aetcd's connection arguments, before aetcd or gRPC misread them."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from ..core import InvalidSettingError, InvalidSettingTypeError
+
+__all__ = ["check_connection"]
+
+
+def _seconds(setting: str, value: object, *, optional: bool) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidSettingTypeError(setting, value, "a number of seconds")
+    if not (value > 0 and math.isfinite(value)):
+        raise InvalidSettingError(setting, value, "a finite number above 0")
+
+
+def check_connection(
+    host: object,
+    port: object,
+    username: object,
+    password: object,
+    timeout: object,
+    options: object,
+    connect_wait_timeout: object,
+) -> dict[str, Any]:
+    """Check ``aetcd.Client``'s arguments; return the gRPC options as a dict.
+
+    gRPC wraps a port above 65535 round to another port and aetcd turns a
+    negative ``timeout`` into an immediate DEADLINE_EXCEEDED, which the
+    breaker would count as an outage: a typo must fail here, by name.
+    """
+    if not isinstance(host, str):
+        raise InvalidSettingTypeError("host", host, "a str")
+    if not host:
+        raise InvalidSettingError("host", host, "a host name or address")
+    if isinstance(port, bool) or not isinstance(port, int):
+        raise InvalidSettingTypeError("port", port, "an int")
+    if not 0 < port < 65536:
+        raise InvalidSettingError("port", port, "a port number from 1 to 65535")
+    for setting, value in (("username", username), ("password", password)):
+        if value is not None and not isinstance(value, str):
+            raise InvalidSettingTypeError(setting, value, "a str or None")
+    if (username is None) != (password is None):
+        missing = "password" if password is None else "username"
+        raise InvalidSettingError(
+            missing, None, "given too: username and password go together"
+        )
+    _seconds("timeout", timeout, optional=True)
+    _seconds("connect_wait_timeout", connect_wait_timeout, optional=False)
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise InvalidSettingTypeError("options", options, "a mapping of gRPC options")
+    return dict(options)
