@@ -20,6 +20,7 @@ from aetcd_breaker.core import (
     ExponentialBackoff,
     FailureRate,
     FakeClock,
+    InvalidSettingError,
     SlowCallRate,
     State,
     TimeWindow,
@@ -577,3 +578,13 @@ async def test_every_rejection_of_an_open_breaker_carries_retry_after(
 
     assert seen == [4.0, 3.0, 0.5, 8.0]
     assert breaker.metrics().rejected == 4
+
+
+def test_a_rate_rule_that_needs_more_calls_than_the_window_holds_is_refused() -> None:
+    with pytest.raises(InvalidSettingError) as raised:
+        CircuitBreaker(window=CountWindow(5), trip_rules=[FailureRate(0.5)])
+
+    assert raised.value.setting == "FailureRate.minimum_calls"
+    assert str(raised.value) == (
+        "FailureRate.minimum_calls must be at most the CountWindow's size (5), got 10"
+    )

@@ -87,6 +87,10 @@ def _rule_reason(rule: TripRule) -> str:
     return "trip_rule:" + getattr(rule, "__qualname__", type(rule).__qualname__)
 
 
+def _no_time() -> float:
+    return 0.0
+
+
 class CircuitBreaker:
     """A circuit breaker for async calls; see the module docstring for the rules.
 
@@ -123,6 +127,7 @@ class CircuitBreaker:
         "_cfail",
         "_changed_at",
         "_clock",
+        "_custom_rules",
         "_fast_gen",
         "_generation",
         "_half_open_until",
@@ -132,6 +137,7 @@ class CircuitBreaker:
         "_interval_end",
         "_is_failure",
         "_max_requests",
+        "_minimums",
         "_name",
         "_now",
         "_open_duration",
@@ -151,6 +157,7 @@ class CircuitBreaker:
         "_trials",
         "_waiters",
         "_window",
+        "_window_now",
     )
 
     def __init__(
@@ -186,7 +193,19 @@ class CircuitBreaker:
         )
         self._call_timeout = settings.optional_seconds("call_timeout", call_timeout)
         self._rules = settings.rules(trip_rules)
+        rates = [r for r in self._rules if isinstance(r, FailureRate | SlowCallRate)]
+        self._minimums = frozenset(r.minimum_calls for r in rates)
+        self._custom_rules = len(rates) < len(self._rules)
         self._window = settings.window(window)
+        size = getattr(self._window, "size", None)
+        for rule in rates:
+            # A rule that waits for more calls than the window holds never fires.
+            if size is not None and rule.minimum_calls > size:
+                raise InvalidSettingError(
+                    f"{type(rule).__name__}.minimum_calls",
+                    rule.minimum_calls,
+                    f"at most the CountWindow's size ({size})",
+                )
         self._success_ratio = (
             None
             if success_ratio is None
@@ -198,6 +217,12 @@ class CircuitBreaker:
         self._is_failure = settings.callable_or_none("is_failure", is_failure)
         self._clock = settings.clock(clock)
         self._now = self._clock.now
+        # A count window ignores the time: spare it a clock read per call.
+        self._window_now = (
+            self._clock.now
+            if self._window is not None and self._window.needs_time
+            else _no_time
+        )
         self._hooks = settings.hooks(on_state_change)
         slow = [
             r.slow_call_duration for r in self._rules if isinstance(r, SlowCallRate)
@@ -525,11 +550,11 @@ class CircuitBreaker:
             return
         self._cfail = 0
         if self._window is not None:
-            self._window.record(self._now(), False, slow)
+            self._window.record(self._window_now(), False, slow)
         state = self._state
         if state is HALF_OPEN:
             self._judge_trials()
-        elif state is CLOSED and (slow or self._rules):
+        elif state is CLOSED and self._rules and (slow or self._success_may_trip()):
             self._check_rules()
 
     def _failed(self, gen: int, kind: int, started: float, timed_out: bool) -> None:
@@ -547,7 +572,7 @@ class CircuitBreaker:
         self._cfail += 1
         self._b_csucc = self._t_succ
         if self._window is not None:
-            self._window.record(self._now(), True, slow)
+            self._window.record(self._window_now(), True, slow)
         state = self._state
         if state is CLOSED:
             self._check_rules()
@@ -601,6 +626,18 @@ class CircuitBreaker:
                 self._transition(CLOSED, "trials_succeeded", self._now())
             else:
                 self._transition(OPEN, "trials_failed", self._now())
+
+    def _success_may_trip(self) -> bool:
+        # A fast success never raises a failure or slow-call rate, so the
+        # built-in rate rules can only fire on one when it brings the count
+        # up to their minimum_calls; a rule of the user's may fire on anything.
+        if self._custom_rules:
+            return True
+        if self._window is not None:
+            calls = self._window.totals(self._window_now())[0]
+        else:
+            calls = self._t_succ - self._b_succ + self._t_fail - self._b_fail
+        return calls in self._minimums
 
     def _check_rules(self) -> None:
         if self._threshold is not None and self._cfail >= self._threshold:
