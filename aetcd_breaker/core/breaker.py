@@ -194,7 +194,7 @@ class CircuitBreaker:
         self._call_timeout = settings.optional_seconds("call_timeout", call_timeout)
         self._rules = settings.rules(trip_rules)
         rates = [r for r in self._rules if isinstance(r, FailureRate | SlowCallRate)]
-        self._minimums = frozenset(r.minimum_calls for r in rates)
+        self._minimums = tuple({r.minimum_calls for r in rates})
         self._custom_rules = len(rates) < len(self._rules)
         self._window = settings.window(window)
         size = getattr(self._window, "size", None)
