@@ -82,3 +82,16 @@ async def test_connect_sets_up_the_channel_without_touching_the_network(
     async with BreakerClient("127.0.0.1", 1) as client:
         await client.connect()
         assert client.breaker.metrics().calls == 0
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_a_call_under_trio_says_the_client_is_asyncio_only(
+    anyio_backend: str,
+) -> None:
+    client = BreakerClient("127.0.0.1", 1)
+
+    with pytest.raises(RuntimeError, match="asyncio only"):
+        await client.get(b"/k")
+
+    assert client.breaker.metrics().calls == 0

@@ -28,6 +28,10 @@ Op = Callable[..., Awaitable[T]]
 """An operation: awaited with the inner aetcd client and the call's arguments."""
 
 _log = structlog.get_logger("aetcd_breaker")
+_ASYNCIO_ONLY: Final = (
+    "BreakerClient runs on asyncio only, like aetcd; under trio, guard your "
+    "own calls with CircuitBreaker"
+)
 _CLOSED: Final = "the BreakerClient was closed while the call ran"
 _CUT_OFF: Final = "the call was cut off: its gRPC channel was closed under it"
 
@@ -91,6 +95,8 @@ class Session:
 
     async def call(self, op: Op[T], call_timeout: object, /, *args: Any) -> T:
         """Run ``op(inner_client, *args)`` under the breaker and a deadline."""
+        if asyncio._get_running_loop() is None:
+            raise RuntimeError(_ASYNCIO_ONLY)
         seconds = self.timeout if call_timeout is None else check_timeout(call_timeout)
         breaker = self.breaker
         permit = breaker.acquire()
