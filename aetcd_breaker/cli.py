@@ -79,7 +79,10 @@ def _configure_logging(log_format: str) -> None:
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="%H:%M:%S", utc=False),
+            structlog.processors.TimeStamper(
+                fmt="iso" if log_format == "json" else "%H:%M:%S",
+                utc=log_format == "json",
+            ),
             renderer,
         ],
         logger_factory=structlog.PrintLoggerFactory(sys.stdout),

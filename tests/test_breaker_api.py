@@ -11,6 +11,7 @@ from typing import Any
 
 import anyio
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
 from aetcd_breaker.core import (
@@ -1091,3 +1092,24 @@ def test_decorating_an_async_generator_is_refused_by_name() -> None:
 
     assert raised.value.setting == "fn"
     assert "not an async generator" in str(raised.value)
+
+
+async def test_a_broken_log_pipeline_never_reaches_the_caller(
+    clock: FakeClock,
+) -> None:
+    def broken_processor(*_: object) -> dict[str, object]:
+        raise BrokenPipeError("the log sink went away")
+
+    breaker = CircuitBreaker(name="db", failure_threshold=1, clock=clock)
+
+    async def fail() -> None:
+        raise ValueError("the call's own error")
+
+    structlog.configure(processors=[broken_processor])
+    try:
+        with pytest.raises(ValueError, match="the call's own error"):
+            await breaker.call(fail)
+    finally:
+        structlog.reset_defaults()
+
+    assert breaker.state is State.OPEN

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -101,33 +102,40 @@ class Metrics:
 
 
 def emit(change: StateChange, hooks: tuple[StateChangeHook, ...]) -> None:
-    """Log one transition, then run the hooks; a failing hook is only logged."""
+    """Log one transition, then run the hooks; a failing hook is only logged.
+
+    The application's logging may itself fail (a closed pipe, a broken
+    processor). The transition has happened all the same, and the caller must
+    see its own call's outcome, not a logging error, so those are dropped.
+    """
     opening = change.to_state in (State.OPEN, State.FORCED_OPEN)
     log = _log.warning if opening else _log.info
     counts = change.counts
-    log(
-        STATE_CHANGED,
-        breaker=change.breaker,
-        from_state=change.from_state.value,
-        to_state=change.to_state.value,
-        reason=change.reason,
-        generation=change.generation,
-        calls=counts.calls,
-        successes=counts.successes,
-        failures=counts.failures,
-        slow_calls=counts.slow_calls,
-        consecutive_successes=counts.consecutive_successes,
-        consecutive_failures=counts.consecutive_failures,
-        retry_after=change.retry_after,
-    )
+    with contextlib.suppress(Exception):
+        log(
+            STATE_CHANGED,
+            breaker=change.breaker,
+            from_state=change.from_state.value,
+            to_state=change.to_state.value,
+            reason=change.reason,
+            generation=change.generation,
+            calls=counts.calls,
+            successes=counts.successes,
+            failures=counts.failures,
+            slow_calls=counts.slow_calls,
+            consecutive_successes=counts.consecutive_successes,
+            consecutive_failures=counts.consecutive_failures,
+            retry_after=change.retry_after,
+        )
     for hook in hooks:
         try:
             hook(change)
         except Exception as exc:  # a hook must never break the breaker
-            _log.error(
-                HOOK_FAILED,
-                breaker=change.breaker,
-                hook=getattr(hook, "__qualname__", repr(hook)),
-                error=repr(exc),
-                exc_info=exc,
-            )
+            with contextlib.suppress(Exception):
+                _log.error(
+                    HOOK_FAILED,
+                    breaker=change.breaker,
+                    hook=getattr(hook, "__qualname__", repr(hook)),
+                    error=repr(exc),
+                    exc_info=exc,
+                )
