@@ -168,13 +168,27 @@ async def run_demo(
                     await phase(healed)
                 tg.cancel_scope.cancel()
 
-            canary = await client.get(b"/demo/canary", call_timeout=5.0)
+            canary = await _read_when_ready(client, breaker, b"/demo/canary")
             _log.info(
                 "demo.data_check",
                 canary_kept=canary is not None,
                 final_state=breaker.state.value,
             )
     return phases
+
+
+async def _read_when_ready(
+    client: BreakerClient, breaker: CircuitBreaker, key: bytes
+) -> aetcd.Get | None:
+    # The last fault may have left the breaker open for a while yet: wait for
+    # its trial (a service would), then read through it.
+    with anyio.fail_after(60):
+        while True:
+            await breaker.wait_ready()
+            try:
+                return await client.get(key, call_timeout=5.0)
+            except CircuitOpenError:
+                continue
 
 
 def format_table(phases: Sequence[PhaseStats]) -> str:
