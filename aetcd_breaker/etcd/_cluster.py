@@ -127,7 +127,8 @@ class ClusterOps(LeaseOps):
         else:
             found = await run(s, ops.MEMBERS, IDEMPOTENT, call_timeout, retry, fallback)
         for raw in found:
-            yield Member.bind(raw, self)
+            # A fallback's items are yielded as given.
+            yield Member.bind(raw, self) if isinstance(raw, aetcd.Member) else raw
 
     async def compact(
         self,

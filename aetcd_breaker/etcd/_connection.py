@@ -1,14 +1,15 @@
-"""Validation of aetcd's connection arguments, before aetcd or gRPC misread them."""
+"""Validation of the etcd layer's arguments, before aetcd or gRPC misread them."""
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Mapping
 from typing import Any
 
 from ..core import InvalidSettingError, InvalidSettingTypeError
 
-__all__ = ["check_connection"]
+__all__ = ["check_connection", "check_hook", "check_ttl", "check_wait"]
 
 
 def _seconds(setting: str, value: object, *, optional: bool) -> None:
@@ -58,3 +59,37 @@ def check_connection(
     if not isinstance(options, Mapping):
         raise InvalidSettingTypeError("options", options, "a mapping of gRPC options")
     return dict(options)
+
+
+def check_ttl(value: object) -> int:
+    """A lease's time to live: whole seconds, at least 1."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidSettingTypeError("ttl", value, "an int of seconds")
+    if value < 1:
+        raise InvalidSettingError("ttl", value, "at least 1 second")
+    return value
+
+
+def check_wait(value: object) -> float | None:
+    """How long a lock may wait: None (no limit) or a finite number >= 0."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidSettingTypeError("timeout", value, "a number of seconds or None")
+    if not (value >= 0 and math.isfinite(value)):
+        raise InvalidSettingError("timeout", value, "a finite number of 0 or more")
+    return float(value)
+
+
+def check_hook(value: Any) -> Any:
+    """An ``on_lost`` hook: a plain function, called at once with the error."""
+    if value is None:
+        return None
+    if not callable(value) or inspect.iscoroutinefunction(value):
+        raise InvalidSettingTypeError(
+            "on_lost",
+            value,
+            "a plain function (it is called at once; start a task from it "
+            "for async work)",
+        )
+    return value

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 import aetcd
 
 from . import _ops as ops
+from ._connection import check_ttl
 from ._options import DEFAULT, IDEMPOTENT, WRITE, run
 from .leases import LeaseKeeper, LostHook
 from .objects import Lease
@@ -43,6 +44,7 @@ class LeaseOps:
         fallback: Any = DEFAULT,
     ) -> Lease:
         """Grant a lease of ``ttl`` seconds, bound to this client."""
+        check_ttl(ttl)
         s = self._session
         if s.plain and retry is None and fallback is DEFAULT:
             raw = await s.call(ops.LEASE, call_timeout, ttl, lease_id)

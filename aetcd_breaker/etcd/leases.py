@@ -33,6 +33,7 @@ import anyio
 from ..core import CircuitOpenError
 from ..core._clock import scope_until
 from . import _ops as ops
+from ._connection import check_hook, check_ttl
 from .errors import EXPIRED, GONE, LeaseLostError
 
 if TYPE_CHECKING:
@@ -168,9 +169,9 @@ class LeaseKeeper:
         call_timeout: float | None = None,
     ) -> None:
         self._client = client
-        self._ttl = ttl
+        self._ttl = None if ttl is None else check_ttl(ttl)
         self._lease = lease
-        self._on_lost = on_lost
+        self._on_lost = check_hook(on_lost)
         self._cancel_on_lost = cancel_on_lost
         self._revoke = revoke
         self._timeout = call_timeout

@@ -32,6 +32,7 @@ import anyio
 
 from ..core import CircuitOpenError
 from . import _ops as ops
+from ._connection import check_hook, check_ttl, check_wait
 from ._holder import wait_for_delete
 from ._session import check_timeout
 from .errors import LeaseLostError, LockNotAcquiredError
@@ -47,6 +48,9 @@ __all__ = ["Lock"]
 # etcd lease ids are positive int64; 62 random bits make a clash negligible,
 # and a clash is answered (DuplicateLeaseError) rather than harmful.
 _ID_BITS: Final = 62
+
+
+_LOCK_TIMEOUT: Any = object()
 
 
 class Lock:
@@ -92,13 +96,13 @@ class Lock:
     ) -> None:
         self._client = client
         self.key = key
-        self.ttl = ttl
-        self.timeout = timeout
+        self.ttl = check_ttl(ttl)
+        self.timeout = check_wait(timeout)
         self.uuid = uuid.uuid4().bytes
         self.lease: Lease | None = None
         self.revision: int | None = None
         self._lost: LeaseLostError | None = None
-        self._on_lost = on_lost
+        self._on_lost = check_hook(on_lost)
         self._cancel_on_lost = cancel_on_lost
         self._granting: int | None = None
         self._held = False
@@ -127,14 +131,18 @@ class Lock:
             raise LeaseLostError(lost.lease_id, lost.reason)
 
     async def acquire(
-        self, timeout: float | None = 10.0, *, call_timeout: float | None = None
+        self,
+        timeout: float | None = _LOCK_TIMEOUT,
+        *,
+        call_timeout: float | None = None,
     ) -> bool:
         """Acquire the lock; ``False`` if the holder did not let go in time.
 
-        ``timeout`` bounds the whole acquisition, calls included; the first
-        attempt is always made (``timeout=0`` tries once). Errors of etcd and
-        rejections by the breaker are raised.
+        ``timeout`` (by default the lock's own) bounds the whole acquisition,
+        calls included; the first attempt is always made (``timeout=0`` tries
+        once). Errors of etcd and rejections by the breaker are raised.
         """
+        timeout = self.timeout if timeout is _LOCK_TIMEOUT else check_wait(timeout)
         if self._held:
             raise RuntimeError(f"lock {self.key!r} is already held by this object")
         clock = self._client._session.clock

@@ -1,0 +1,86 @@
+"""Leases, locks and their hooks refuse bad settings by name; fallbacks for lists."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import anyio
+import pytest
+
+from aetcd_breaker import BreakerClient, InvalidSettingError, InvalidSettingTypeError
+from aetcd_breaker.testing import EtcdServer
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.mark.parametrize(
+    ("ttl", "error"),
+    [
+        (0, InvalidSettingError),
+        (-5, InvalidSettingError),
+        (1.5, InvalidSettingTypeError),
+    ],
+)
+async def test_a_bad_ttl_is_refused_before_any_call(ttl: Any, error: type) -> None:
+    client = BreakerClient("127.0.0.1", 1)
+
+    with pytest.raises(error, match=r"^ttl must be"):
+        await client.lease(ttl)
+    with pytest.raises(error, match=r"^ttl must be"):
+        client.lease_keeper(ttl)
+    with pytest.raises(error, match=r"^ttl must be"):
+        client.lock(b"/lock", ttl=ttl)
+
+    assert client.breaker.metrics().calls == 0
+
+
+@pytest.mark.parametrize("timeout", [-1, math.nan, math.inf, "10"])
+async def test_a_bad_lock_timeout_is_refused(timeout: Any) -> None:
+    client = BreakerClient("127.0.0.1", 1)
+
+    with pytest.raises((InvalidSettingError, InvalidSettingTypeError), match="timeout"):
+        client.lock(b"/lock", timeout=timeout)
+    with pytest.raises((InvalidSettingError, InvalidSettingTypeError), match="timeout"):
+        await client.lock(b"/lock").acquire(timeout)
+
+
+async def test_an_async_on_lost_hook_is_refused_rather_than_never_awaited() -> None:
+    async def on_lost(error: Exception) -> None:
+        raise AssertionError("never runs")
+
+    client = BreakerClient("127.0.0.1", 1)
+
+    with pytest.raises(InvalidSettingTypeError, match=r"^on_lost must be a plain"):
+        client.lease_keeper(5, on_lost=on_lost)
+    with pytest.raises(InvalidSettingTypeError, match=r"^on_lost must be a plain"):
+        client.lock(b"/lock", on_lost=on_lost)
+
+
+async def test_a_members_fallback_yields_its_items_as_given() -> None:
+    client = BreakerClient("127.0.0.1", 1)
+    client.breaker.force_open()
+
+    found = [m async for m in client.members(fallback=["member-a", "member-b"])]
+
+    assert found == ["member-a", "member-b"]
+
+
+@pytest.mark.etcd
+async def test_acquire_without_a_timeout_uses_the_locks_own(
+    etcd_server: EtcdServer,
+) -> None:
+    async with BreakerClient(etcd_server.host, etcd_server.port) as etcd:
+        holder = etcd.lock(b"/lock", ttl=30)
+        waiter = etcd.lock(b"/lock", ttl=30, timeout=0.3)
+        assert await holder.acquire()
+
+        with anyio.fail_after(5):
+            assert await waiter.acquire() is False
+
+        await holder.release()
