@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 
@@ -23,10 +23,8 @@ RESOLUTION = 0.005
 """Deadlines on the default clock under asyncio fire up to this many seconds late."""
 
 
-class Deadline:
+class Deadline(Protocol):
     """A running deadline over one call, in the task that makes the call."""
-
-    __slots__ = ()
 
     def expired(self, exc: BaseException | None) -> bool:
         """Stop the deadline; tell whether it, and nothing else, ended the call.
@@ -36,7 +34,7 @@ class Deadline:
         cancellation raced it, the answer is False so that the cancellation
         propagates as cancellation.
         """
-        raise NotImplementedError
+        ...
 
 
 class _Wheel:
@@ -92,7 +90,7 @@ def _ours(task: asyncio.Task[object], base: int, exc: BaseException | None) -> b
     return anyio.current_effective_deadline() != -math.inf
 
 
-class _TimerDeadline(Deadline):
+class _TimerDeadline:
     __slots__ = ("_base", "_bucket", "_fired", "_task")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
@@ -119,7 +117,7 @@ class _TimerDeadline(Deadline):
         return _ours(self._task, self._base, exc)
 
 
-class _TaskDeadline(Deadline):
+class _TaskDeadline:
     """A deadline from any clock's timer, for asyncio tasks."""
 
     __slots__ = ("_base", "_fired", "_handle", "_task")
@@ -146,7 +144,7 @@ class _TaskDeadline(Deadline):
         return _ours(self._task, self._base, exc)
 
 
-class _ScopeDeadline(Deadline):
+class _ScopeDeadline:
     __slots__ = ("_scope",)
 
     def __init__(self, scope: anyio.CancelScope) -> None:
