@@ -12,6 +12,7 @@ from typing import Any
 import anyio
 import pytest
 import structlog
+from core_helpers import Boom, fail, ok, settle
 from structlog.testing import capture_logs
 
 from aetcd_breaker.core import (
@@ -48,24 +49,6 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock(100.0)
-
-
-class Boom(Exception):
-    """The dependency failed."""
-
-
-async def ok() -> str:
-    return "ok"
-
-
-async def fail() -> str:
-    raise Boom("down")
-
-
-async def settle() -> None:
-    """Give every other task a chance to run; no time passes."""
-    for _ in range(10):
-        await anyio.sleep(0)
 
 
 async def trip(breaker: CircuitBreaker, failures: int = 1) -> None:

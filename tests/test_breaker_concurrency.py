@@ -7,6 +7,7 @@ from collections import Counter
 
 import anyio
 import pytest
+from core_helpers import Boom
 
 from aetcd_breaker.core import (
     CallTimeoutError,
@@ -30,10 +31,6 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock(0.0)
-
-
-class Boom(Exception):
-    """The dependency failed."""
 
 
 def half_open(clock: FakeClock, max_requests: int) -> CircuitBreaker:

@@ -6,6 +6,7 @@ import asyncio
 
 import anyio
 import pytest
+from core_helpers import ok, settle
 from structlog.testing import capture_logs
 
 from aetcd_breaker.core import (
@@ -41,16 +42,6 @@ def clock() -> FakeClock:
 
 async def never() -> None:
     await anyio.Event().wait()
-
-
-async def ok() -> str:
-    return "ok"
-
-
-async def settle() -> None:
-    """Give every other task a chance to run; no time passes."""
-    for _ in range(10):
-        await anyio.sleep(0)
 
 
 class Parked:

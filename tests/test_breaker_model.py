@@ -18,6 +18,7 @@ from typing import Any
 
 import anyio
 import pytest
+from core_helpers import Boom
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -402,10 +403,6 @@ TestBreakerAgainstModel = BreakerMachine.TestCase
 
 
 # -- call() does what the low-level API does ------------------------------------------
-
-
-class Boom(Exception):
-    """The dependency failed."""
 
 
 OPS = ["ok", "fail", "ignore", "slow", "timeout", "cancel", "wait"]

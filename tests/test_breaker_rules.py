@@ -9,6 +9,7 @@ from typing import Any
 
 import anyio
 import pytest
+from core_helpers import Boom, fail, ok
 from structlog.testing import capture_logs
 
 from aetcd_breaker.core import (
@@ -37,18 +38,6 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock(0.0)
-
-
-class Boom(Exception):
-    """The dependency failed."""
-
-
-async def ok() -> str:
-    return "ok"
-
-
-async def fail() -> str:
-    raise Boom("down")
 
 
 async def run(breaker: CircuitBreaker, outcomes: str) -> None:

@@ -6,6 +6,7 @@ from typing import Any
 
 import anyio
 import pytest
+from core_helpers import Boom, fail, ok
 from structlog.testing import capture_logs
 
 from aetcd_breaker.core import CircuitBreaker, CircuitOpenError, FakeClock, State
@@ -23,18 +24,6 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock(START)
-
-
-class Boom(Exception):
-    """The dependency failed."""
-
-
-async def ok() -> str:
-    return "ok"
-
-
-async def fail() -> str:
-    raise Boom("down")
 
 
 class Counting:
