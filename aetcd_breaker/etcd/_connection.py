@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..core import InvalidSettingError, InvalidSettingTypeError
+from ._session import check_timeout
 
 __all__ = ["check_connection", "check_hook", "check_ttl", "check_wait"]
 
@@ -15,10 +16,7 @@ __all__ = ["check_connection", "check_hook", "check_ttl", "check_wait"]
 def _seconds(setting: str, value: object, *, optional: bool) -> None:
     if value is None and optional:
         return
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidSettingTypeError(setting, value, "a number of seconds")
-    if not (value > 0 and math.isfinite(value)):
-        raise InvalidSettingError(setting, value, "a finite number above 0")
+    check_timeout(value, setting)
 
 
 def check_connection(
