@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -17,7 +18,14 @@ import anyio
 
 from ._clock import Clock, MonotonicClock, TimerHandle, scope_until
 
-__all__ = ["RESOLUTION", "Deadline", "redeliver_cancellation", "start_deadline"]
+__all__ = [
+    "RESOLUTION",
+    "Deadline",
+    "StartDeadline",
+    "asyncio_deadlines",
+    "redeliver_cancellation",
+    "start_deadline",
+]
 
 RESOLUTION = 0.005
 """Deadlines on the default clock under asyncio fire up to this many seconds late."""
@@ -46,16 +54,22 @@ class _Wheel:
     pair of dict operations.
     """
 
-    __slots__ = ("loop", "slots")
+    __slots__ = ("loop", "now", "slots")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
+        # asyncio's own loops read time.monotonic(); calling it directly
+        # saves a method call a deadline.
+        base = type(loop).time is asyncio.BaseEventLoop.time
+        self.now: Callable[[], float] = time.monotonic if base else loop.time
         self.slots: dict[int, dict[_TimerDeadline, None]] = {}
 
-    def add(self, deadline: _TimerDeadline, when: float) -> dict[_TimerDeadline, None]:
-        # The slot after the one ``when`` falls in: late by up to a slot,
+    def add(
+        self, deadline: _TimerDeadline, seconds: float
+    ) -> dict[_TimerDeadline, None]:
+        # The slot after the one the deadline falls in: late by up to a slot,
         # never early.
-        slot = int(when * _SLOTS_PER_SECOND) + 1
+        slot = int((self.now() + seconds) * _SLOTS_PER_SECOND) + 1
         bucket = self.slots.get(slot)
         if bucket is None:
             bucket = self.slots[slot] = {}
@@ -104,7 +118,7 @@ class _TimerDeadline:
         wheel = _wheel
         if wheel is None or wheel.loop is not loop:
             wheel = _wheel = _Wheel(loop)
-        self._bucket = wheel.add(self, loop.time() + seconds)
+        self._bucket = wheel.add(self, seconds)
 
     def fire(self) -> None:
         self._fired = True
@@ -158,6 +172,21 @@ class _ScopeDeadline:
             return False
         # The scope swallows the cancellation only when it was its own.
         return bool(scope.__exit__(type(exc), exc, exc.__traceback__))
+
+
+StartDeadline = Callable[[asyncio.AbstractEventLoop, float], Deadline]
+"""Starts a deadline of some seconds for the current task of an asyncio loop."""
+
+
+def asyncio_deadlines(clock: Clock) -> StartDeadline:
+    """How deadlines on ``clock`` start in asyncio tasks, chosen once."""
+    if type(clock) is MonotonicClock:
+        return _TimerDeadline
+
+    def start(loop: asyncio.AbstractEventLoop, seconds: float) -> Deadline:
+        return _TaskDeadline(loop, clock, clock.now() + seconds)
+
+    return start
 
 
 def start_deadline(clock: Clock, seconds: float) -> Deadline:

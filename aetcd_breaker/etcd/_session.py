@@ -11,7 +11,12 @@ import aetcd
 import structlog
 
 from ..core import CircuitBreaker, InvalidSettingError, InvalidSettingTypeError
-from ..core._deadline import Deadline, redeliver_cancellation, start_deadline
+from ..core._deadline import (
+    Deadline,
+    StartDeadline,
+    asyncio_deadlines,
+    redeliver_cancellation,
+)
 from ..core.breaker import ADMIT
 from ..core.guard import Permit
 from ._channel import Channels, Inner
@@ -32,6 +37,7 @@ _ASYNCIO_ONLY: Final = (
     "BreakerClient runs on asyncio only, like aetcd; under trio, guard your "
     "own calls with CircuitBreaker"
 )
+_running_loop = asyncio._get_running_loop
 _CLOSED: Final = "the BreakerClient was closed while the call ran"
 _CUT_OFF: Final = "the call was cut off: its gRPC channel was closed under it"
 
@@ -63,6 +69,7 @@ class Session:
         "slow_timeout",
         "stale",
         "stale_answers",
+        "start_deadline",
         "timeout",
     )
 
@@ -76,6 +83,7 @@ class Session:
     ) -> None:
         self.breaker = breaker
         self.clock = breaker.clock
+        self.start_deadline: StartDeadline = asyncio_deadlines(breaker.clock)
         self.channels = channels
         self.is_failure = is_failure
         self.timeout = timeout
@@ -95,7 +103,8 @@ class Session:
 
     async def call(self, op: Op[T], call_timeout: object, /, *args: Any) -> T:
         """Run ``op(inner_client, *args)`` under the breaker and a deadline."""
-        if asyncio._get_running_loop() is None:
+        loop = _running_loop()
+        if loop is None:
             raise RuntimeError(_ASYNCIO_ONLY)
         seconds = self.timeout if call_timeout is None else check_timeout(call_timeout)
         breaker = self.breaker
@@ -105,7 +114,7 @@ class Session:
         channels = self.channels
         inner = channels.for_trial() if permit.trial else channels.current
         inner.calls += 1
-        deadline = start_deadline(self.clock, seconds)
+        deadline = self.start_deadline(loop, seconds)
         try:
             result = await op(inner.client, *args)
         except asyncio.CancelledError as exc:
@@ -138,9 +147,12 @@ class Session:
         channel if the current one waits out gRPC's reconnect backoff.
         """
         channels = self.channels
+        loop = _running_loop()
+        if loop is None:
+            raise RuntimeError(_ASYNCIO_ONLY)
         inner = channels.for_trial()
         inner.calls += 1
-        deadline = start_deadline(self.clock, seconds)
+        deadline = self.start_deadline(loop, seconds)
         try:
             result = await op(inner.client, *args)
         except BaseException as exc:
