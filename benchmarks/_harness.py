@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import math
+import random
 import statistics
 import time
 import tracemalloc
@@ -54,6 +55,28 @@ class Mode:
 
 def median(samples: Sequence[float]) -> float:
     return statistics.median(samples)
+
+
+def paired_ratios(values: Sequence[float], baseline: Sequence[float]) -> list[float]:
+    """Each value over the baseline measured in the same turn."""
+    return [v / b for v, b in zip(values, baseline, strict=True)]
+
+
+def median_interval(
+    samples: Sequence[float], confidence: float = 0.95, resamples: int = 2_000
+) -> tuple[float, float]:
+    """A bootstrap interval for the median of ``samples``.
+
+    Seeded, so that a report can be regenerated; it says how far the median
+    of another run of the same length could plausibly land.
+    """
+    rng = random.Random(20261203)
+    n = len(samples)
+    medians = sorted(
+        statistics.median(rng.choices(samples, k=n)) for _ in range(resamples)
+    )
+    tail = (1 - confidence) / 2
+    return medians[int(tail * resamples)], medians[int((1 - tail) * resamples) - 1]
 
 
 def percentile(samples: Sequence[float], q: float) -> float:

@@ -255,7 +255,10 @@ async def concurrent_overhead(mode: Mode) -> list[Result]:
 
     def measure(c: Caller, workers: int) -> Callable[[], Awaitable[list[float]]]:
         cycles = max(1, BLOCK_CALLS // workers)
-        pairs = 4 if workers >= 10_000 else 8
+        # With few tasks a cycle is mostly the event loop's own wake-up, whose
+        # cost varies from one cycle to the next: more pairs bring the median
+        # of those small overheads to the same precision as with many tasks.
+        pairs = 4 if workers >= 10_000 else 8 if workers >= 1_000 else 24
         return lambda: _paired_blocks(c, workers, cycles, pairs)
 
     measures = {f"{c.name}@1000": measure(c, 1_000) for c in contenders}

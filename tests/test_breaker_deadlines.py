@@ -479,3 +479,78 @@ async def test_real_clock_deadline_on_trio_raises_call_timeout_error() -> None:
 
     await anyio.sleep(0)
     assert outcomes(breaker) == (1, 0, 1, 1)
+
+
+def wheel_timers(loop: asyncio.AbstractEventLoop) -> int:
+    """Loop timers the deadline wheel has pending (cancelled ones left out)."""
+    scheduled = loop._scheduled  # type: ignore[attr-defined]
+    return sum(
+        1
+        for handle in scheduled
+        if not handle.cancelled()
+        and getattr(handle._callback, "__func__", None) is _deadline._Wheel._fire
+    )
+
+
+async def timed_out_after(breaker: CircuitBreaker, timeout: float) -> float:
+    """Seconds a never-ending call guarded with ``timeout`` ran before it timed out."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(CallTimeoutError):
+        async with breaker.guard(timeout=timeout):
+            await never()
+    return loop.time() - started
+
+
+@asyncio_only
+async def test_real_clock_deadlines_in_many_slots_share_one_loop_timer() -> None:
+    breaker = CircuitBreaker(name="db", call_timeout=5.0, failure_threshold=1000)
+    loop = asyncio.get_running_loop()
+    for _ in range(50):
+        await breaker.call(ok)
+        await asyncio.sleep(0.002)
+    async with anyio.create_task_group() as tg:
+        for n in range(20):
+            tg.start_soon(timed_out_after, breaker, 0.3 + n * 0.01)
+        await asyncio.sleep(0.05)
+
+        # Fifty ended calls and twenty running ones span many 5 ms slots.
+        assert wheel_timers(loop) == 1
+        tg.cancel_scope.cancel()
+
+
+@asyncio_only
+async def test_real_clock_shorter_deadline_started_later_fires_first_and_on_time() -> (
+    None
+):
+    breaker = CircuitBreaker(name="db", failure_threshold=1000)
+    lasted: dict[float, float] = {}
+
+    async def run(timeout: float) -> None:
+        lasted[timeout] = await timed_out_after(breaker, timeout)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run, 0.3)
+        await asyncio.sleep(0.01)
+        tg.start_soon(run, TINY)
+        tg.start_soon(run, 0.1)
+
+    for timeout, seconds in lasted.items():
+        assert seconds >= timeout
+        # One 5 ms slot late at most, plus what a busy test machine adds.
+        assert seconds < timeout + _deadline.RESOLUTION + 0.25
+    assert lasted[TINY] < lasted[0.1] < lasted[0.3]
+
+
+@asyncio_only
+async def test_real_clock_deadline_after_many_ended_calls_still_fires() -> None:
+    breaker = CircuitBreaker(name="db", call_timeout=TINY, failure_threshold=1000)
+    for _ in range(30):
+        await breaker.call(ok)
+        await asyncio.sleep(0.003)
+
+    # The ended calls' slots come due (and are skipped) while this one waits.
+    seconds = await timed_out_after(breaker, 3 * TINY)
+
+    assert 3 * TINY <= seconds < 3 * TINY + _deadline.RESOLUTION + 0.25
+    assert wheel_timers(asyncio.get_running_loop()) == 0

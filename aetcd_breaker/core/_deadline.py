@@ -9,6 +9,7 @@ drops the message, which defeats ``anyio.fail_after`` around an aetcd call.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import math
 import time
 from collections.abc import Callable
@@ -46,15 +47,17 @@ class Deadline(Protocol):
 
 
 class _Wheel:
-    """One loop timer per 5 ms slot, shared by every deadline falling in it.
+    """Deadlines grouped by 5 ms slot, behind one loop timer for the earliest.
 
     A loop timer per call costs a heap push into the loop's timer queue and
     leaves a cancelled handle behind after each fast call (about 4 us a call
-    with ``asyncio.timeout``); sharing one timer per slot makes a deadline a
-    pair of dict operations.
+    with ``asyncio.timeout``); here a deadline is a pair of dict operations.
+    Slots whose calls all ended are skipped without waking the loop for
+    them, so a steady stream of fast calls wakes it about once a timeout,
+    not once a slot.
     """
 
-    __slots__ = ("loop", "now", "slots")
+    __slots__ = ("armed", "due", "handle", "loop", "now", "slots")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -63,6 +66,11 @@ class _Wheel:
         base = type(loop).time is asyncio.BaseEventLoop.time
         self.now: Callable[[], float] = time.monotonic if base else loop.time
         self.slots: dict[int, dict[_TimerDeadline, None]] = {}
+        self.due: list[int] = []
+        """The numbers of the slots in ``slots``, as a heap."""
+        self.armed = math.inf
+        """The slot the loop timer is set for."""
+        self.handle: asyncio.TimerHandle | None = None
 
     def add(
         self, deadline: _TimerDeadline, seconds: float
@@ -73,13 +81,37 @@ class _Wheel:
         bucket = self.slots.get(slot)
         if bucket is None:
             bucket = self.slots[slot] = {}
-            self.loop.call_at(slot * RESOLUTION, self._fire, slot)
+            heapq.heappush(self.due, slot)
+            if slot < self.armed:
+                self._arm(slot)
         bucket[deadline] = None
         return bucket
 
-    def _fire(self, slot: int) -> None:
-        for deadline in self.slots.pop(slot, ()):
-            deadline.fire()
+    def _arm(self, slot: int) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+        self.armed = slot
+        self.handle = self.loop.call_at(slot * RESOLUTION, self._fire)
+
+    def _fire(self) -> None:
+        # Every slot up to the one armed, or up to now if the loop ran late,
+        # is due; empty slots after it are dropped until one holds a deadline.
+        reached = max(self.armed, self.now() * _SLOTS_PER_SECOND)
+        self.handle = None
+        self.armed = math.inf
+        due, slots = self.due, self.slots
+        while due:
+            slot = due[0]
+            if slot <= reached:
+                heapq.heappop(due)
+                for deadline in slots.pop(slot):
+                    deadline.fire()
+            elif not slots[slot]:
+                heapq.heappop(due)
+                del slots[slot]
+            else:
+                self._arm(slot)
+                return
 
 
 _wheel: _Wheel | None = None

@@ -112,7 +112,7 @@ class Session:
         if permit is None:
             raise breaker.open_error(EtcdCircuitOpenError)
         channels = self.channels
-        inner = channels.for_trial() if permit.trial else channels.current
+        inner = channels.current if permit.kind == ADMIT else channels.for_trial()
         inner.calls += 1
         deadline = self.start_deadline(loop, seconds)
         try:
