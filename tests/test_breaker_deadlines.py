@@ -379,16 +379,27 @@ async def test_real_clock_call_ending_in_time_leaves_no_deadline_behind(
     assert outcomes(breaker) == (2, 1, 1, 1)
 
 
-def pending_deadline() -> tuple[float, _deadline.Deadline]:
-    """The moment the only pending real-clock deadline fires, and that deadline."""
+class FireSpy:
+    """Entered in a deadline's registry like a task: sees the deadline fire."""
+
+    fired = False
+
+    def cancel(self) -> None:
+        self.fired = True
+
+
+def pending_deadline() -> tuple[float, FireSpy]:
+    """The moment the only pending real-clock deadline fires, and a spy on it."""
     wheel = _deadline._wheel
     assert wheel is not None
     # Slots whose deadlines all ended keep their timer until it fires.
-    [(slot, bucket)] = [(slot, b) for slot, b in wheel.slots.items() if b]
-    [deadline] = bucket
+    [(slot, registry)] = [(slot, r) for slot, r in wheel.slots.items() if r]
+    assert len(registry) == 1
     when = slot * _deadline.RESOLUTION
     assert asyncio.get_running_loop().time() < when
-    return when, deadline
+    spy = FireSpy()
+    registry[spy] = spy  # type: ignore[assignment]
+    return when, spy
 
 
 @asyncio_only
@@ -413,12 +424,12 @@ async def test_real_clock_task_cancel_racing_the_deadline_raises_cancelled_error
     loop = asyncio.get_running_loop()
     task = loop.create_task(caller())
     await started.wait()
-    when, deadline = pending_deadline()
+    when, spy = pending_deadline()
     # Same loop time as the wheel's timer: both run before the task resumes.
     loop.call_at(when, task.cancel)
     await asyncio.wait([task])
 
-    assert deadline._fired  # type: ignore[attr-defined]
+    assert spy.fired
     assert task.cancelled()
     assert seen == [asyncio.CancelledError]
     assert outcomes(breaker) == (0, 0, 0, 0)
@@ -439,10 +450,10 @@ async def test_real_clock_outer_scope_cancel_racing_the_deadline_wins() -> None:
         caller.fn = wrapped  # type: ignore[assignment]
         tg.start_soon(caller.run)
         await started.wait()
-        when, deadline = pending_deadline()
+        when, spy = pending_deadline()
         loop.call_at(when, caller.scope.cancel)
 
-    assert deadline._fired  # type: ignore[attr-defined]
+    assert spy.fired
     assert caller.scope.cancelled_caught
     assert caller.error is None
     assert outcomes(breaker) == (0, 0, 0, 0)

@@ -4,6 +4,13 @@ On asyncio a deadline cancels the calling task and recognises its own
 cancellation by the task's cancel count (as ``asyncio.timeout`` does), not by
 a cancel message: gRPC's asyncio calls raise a fresh ``CancelledError`` that
 drops the message, which defeats ``anyio.fail_after`` around an aetcd call.
+
+A running deadline is an entry in a *registry*: a dict, handed out by
+:meth:`Timers.registry`, from a key of the caller's choosing to the task to
+cancel. When the deadline comes, the timer cancels every task still entered
+and empties the dict; so a call that ends and finds its key gone knows that
+its deadline fired, and one that finds it there pops it, which is all it
+takes to stop a deadline.
 """
 
 from __future__ import annotations
@@ -22,14 +29,20 @@ from ._clock import Clock, MonotonicClock, TimerHandle, scope_until
 __all__ = [
     "RESOLUTION",
     "Deadline",
-    "StartDeadline",
-    "asyncio_deadlines",
+    "Registry",
+    "Timers",
+    "current_task",
     "redeliver_cancellation",
     "start_deadline",
+    "timed_out",
+    "timers_for",
 ]
 
 RESOLUTION = 0.005
 """Deadlines on the default clock under asyncio fire up to this many seconds late."""
+
+Registry = dict[Any, "asyncio.Task[Any]"]
+"""Running deadlines that come due at one moment: a key for each, and its task."""
 
 
 class Deadline(Protocol):
@@ -44,6 +57,22 @@ class Deadline(Protocol):
         propagates as cancellation.
         """
         ...
+
+
+class Timers(Protocol):
+    """Where deadlines of one event loop and one clock are entered."""
+
+    def registry(self, seconds: float) -> Registry:
+        """The registry for a deadline ``seconds`` from now."""
+        ...
+
+
+def _cancel_all(registry: Registry) -> None:
+    # Emptied first: a deadline whose key is gone has fired.
+    tasks = list(registry.values())
+    registry.clear()
+    for task in tasks:
+        task.cancel()
 
 
 class _Wheel:
@@ -65,27 +94,24 @@ class _Wheel:
         # saves a method call a deadline.
         base = type(loop).time is asyncio.BaseEventLoop.time
         self.now: Callable[[], float] = time.monotonic if base else loop.time
-        self.slots: dict[int, dict[_TimerDeadline, None]] = {}
+        self.slots: dict[int, Registry] = {}
         self.due: list[int] = []
         """The numbers of the slots in ``slots``, as a heap."""
         self.armed = math.inf
         """The slot the loop timer is set for."""
         self.handle: asyncio.TimerHandle | None = None
 
-    def add(
-        self, deadline: _TimerDeadline, seconds: float
-    ) -> dict[_TimerDeadline, None]:
+    def registry(self, seconds: float) -> Registry:
         # The slot after the one the deadline falls in: late by up to a slot,
         # never early.
         slot = int((self.now() + seconds) * _SLOTS_PER_SECOND) + 1
-        bucket = self.slots.get(slot)
-        if bucket is None:
-            bucket = self.slots[slot] = {}
+        registry = self.slots.get(slot)
+        if registry is None:
+            registry = self.slots[slot] = {}
             heapq.heappush(self.due, slot)
             if slot < self.armed:
                 self._arm(slot)
-        bucket[deadline] = None
-        return bucket
+        return registry
 
     def _arm(self, slot: int) -> None:
         if self.handle is not None:
@@ -104,8 +130,7 @@ class _Wheel:
             slot = due[0]
             if slot <= reached:
                 heapq.heappop(due)
-                for deadline in slots.pop(slot):
-                    deadline.fire()
+                _cancel_all(slots.pop(slot))
             elif not slots[slot]:
                 heapq.heappop(due)
                 del slots[slot]
@@ -114,80 +139,100 @@ class _Wheel:
                 return
 
 
+class _OnClock(dict[Any, "asyncio.Task[Any]"]):
+    """The registry of one deadline on a clock of the caller's (a FakeClock)."""
+
+    __slots__ = ("clock", "handle", "when")
+
+    def __init__(self, clock: Clock, when: float) -> None:
+        super().__init__()
+        self.clock = clock
+        self.when = when
+        self.handle: TimerHandle | None = None
+
+    def __setitem__(self, key: Any, task: asyncio.Task[Any]) -> None:
+        super().__setitem__(key, task)
+        # Armed once entered, so a clock that fires at once finds the task.
+        if self.handle is None:
+            self.handle = self.clock.call_at(self.when, self._fire)
+
+    def pop(self, key: Any, default: Any = None) -> Any:
+        if self.handle is not None:
+            self.handle.cancel()
+        return super().pop(key, default)
+
+    def _fire(self) -> None:
+        _cancel_all(self)
+
+
+class _ClockTimers:
+    """Deadlines on a clock of the caller's: a timer of that clock each."""
+
+    __slots__ = ("clock",)
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+
+    def registry(self, seconds: float) -> Registry:
+        return _OnClock(self.clock, self.clock.now() + seconds)
+
+
 _wheel: _Wheel | None = None
 _SLOTS_PER_SECOND = 1 / RESOLUTION
 
 # On Python 3.11 asyncio.current_task is a Python wrapper around this mapping;
 # reading it directly saves a quarter of a deadline's cost there.
 _current_tasks = getattr(asyncio.tasks, "_current_tasks", None)
-_current_task: Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None] = (
+current_task: Callable[[asyncio.AbstractEventLoop | None], asyncio.Task[Any] | None]
+"""The task ``loop`` is running now, or ``None``; no system call."""
+current_task = (
     _current_tasks.get if isinstance(_current_tasks, dict) else asyncio.current_task
 )
 
 
-def _ours(task: asyncio.Task[object], base: int, exc: BaseException | None) -> bool:
-    # Only cancel requests beyond those pending when the deadline started can
-    # be ours (asyncio.timeout reasons the same way), and an enclosing anyio
-    # scope that was cancelled in the same step as the deadline fired must
-    # still see its cancellation: it does not add a request of its own when
-    # one is already pending.
+def timers_for(loop: asyncio.AbstractEventLoop, clock: Clock) -> Timers:
+    """Where deadlines on ``clock`` in tasks of ``loop`` are entered."""
+    global _wheel
+    if type(clock) is not MonotonicClock:
+        return _ClockTimers(clock)
+    wheel = _wheel
+    if wheel is None or wheel.loop is not loop:
+        wheel = _wheel = _Wheel(loop)
+    return wheel
+
+
+def timed_out(
+    task: asyncio.Task[Any], base: int, key: Any, registry: Registry, exc: object
+) -> bool:
+    """Stop a deadline entered as ``registry[key] = task``; did it end the call?
+
+    ``base`` is ``task.cancelling()`` from when the deadline started, ``exc``
+    what the call raised (``None`` if it returned). Only cancel requests
+    beyond those pending at the start can be the deadline's (asyncio.timeout
+    reasons the same way), and an enclosing anyio scope that was cancelled in
+    the same step as the deadline fired must still see its cancellation: it
+    does not add a request of its own when one is already pending.
+    """
+    if registry.pop(key, None) is not None:
+        return False
     if task.uncancel() > base or not isinstance(exc, asyncio.CancelledError):
         return False
     return anyio.current_effective_deadline() != -math.inf
 
 
-class _TimerDeadline:
-    __slots__ = ("_base", "_bucket", "_fired", "_task")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
-        global _wheel
-        task = _current_task(loop)
-        if task is None:
-            raise RuntimeError("a deadline needs to run inside a task")
-        self._task = task
-        self._base = task.cancelling()
-        self._fired = False
-        wheel = _wheel
-        if wheel is None or wheel.loop is not loop:
-            wheel = _wheel = _Wheel(loop)
-        self._bucket = wheel.add(self, seconds)
-
-    def fire(self) -> None:
-        self._fired = True
-        self._task.cancel()
-
-    def expired(self, exc: BaseException | None) -> bool:
-        if not self._fired:
-            self._bucket.pop(self, None)
-            return False
-        return _ours(self._task, self._base, exc)
-
-
 class _TaskDeadline:
-    """A deadline from any clock's timer, for asyncio tasks."""
+    """A deadline over the current asyncio task, entered in a registry."""
 
-    __slots__ = ("_base", "_fired", "_handle", "_task")
+    __slots__ = ("_base", "_registry", "_task")
 
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, clock: Clock, when: float
-    ) -> None:
-        task = asyncio.current_task(loop)
-        if task is None:
-            raise RuntimeError("a deadline needs to run inside a task")
+    def __init__(self, task: asyncio.Task[Any], registry: Registry) -> None:
         self._task = task
         self._base = task.cancelling()
-        self._fired = False
-        self._handle: TimerHandle = clock.call_at(when, self._fire)
-
-    def _fire(self) -> None:
-        self._fired = True
-        self._task.cancel()
+        self._registry = registry
+        registry[self] = task
 
     def expired(self, exc: BaseException | None) -> bool:
-        self._handle.cancel()
-        if not self._fired:
-            return False
-        return _ours(self._task, self._base, exc)
+        return timed_out(self._task, self._base, self, self._registry, exc)
 
 
 class _ScopeDeadline:
@@ -206,29 +251,15 @@ class _ScopeDeadline:
         return bool(scope.__exit__(type(exc), exc, exc.__traceback__))
 
 
-StartDeadline = Callable[[asyncio.AbstractEventLoop, float], Deadline]
-"""Starts a deadline of some seconds for the current task of an asyncio loop."""
-
-
-def asyncio_deadlines(clock: Clock) -> StartDeadline:
-    """How deadlines on ``clock`` start in asyncio tasks, chosen once."""
-    if type(clock) is MonotonicClock:
-        return _TimerDeadline
-
-    def start(loop: asyncio.AbstractEventLoop, seconds: float) -> Deadline:
-        return _TaskDeadline(loop, clock, clock.now() + seconds)
-
-    return start
-
-
 def start_deadline(clock: Clock, seconds: float) -> Deadline:
     """Start a deadline ``seconds`` from now for the current task."""
     loop = asyncio._get_running_loop()
     if loop is None:
         return _ScopeDeadline(scope_until(clock, clock.now() + seconds))
-    if type(clock) is MonotonicClock:
-        return _TimerDeadline(loop, seconds)
-    return _TaskDeadline(loop, clock, clock.now() + seconds)
+    task = current_task(loop)
+    if task is None:
+        raise RuntimeError("a deadline needs to run inside a task")
+    return _TaskDeadline(task, timers_for(loop, clock).registry(seconds))
 
 
 async def redeliver_cancellation(exc: BaseException) -> BaseException:

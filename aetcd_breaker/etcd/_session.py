@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -12,10 +13,12 @@ import structlog
 
 from ..core import CircuitBreaker, InvalidSettingError, InvalidSettingTypeError
 from ..core._deadline import (
-    Deadline,
-    StartDeadline,
-    asyncio_deadlines,
+    Timers,
+    current_task,
     redeliver_cancellation,
+    start_deadline,
+    timed_out,
+    timers_for,
 )
 from ..core.breaker import ADMIT
 from ..core.guard import Permit
@@ -38,6 +41,7 @@ _ASYNCIO_ONLY: Final = (
     "own calls with CircuitBreaker"
 )
 _running_loop = asyncio._get_running_loop
+_keys = itertools.count()
 _CLOSED: Final = "the BreakerClient was closed while the call ran"
 _CUT_OFF: Final = "the call was cut off: its gRPC channel was closed under it"
 
@@ -63,14 +67,15 @@ class Session:
         "fallback",
         "fallbacks",
         "is_failure",
+        "loop",
         "plain",
         "retries",
         "retry",
         "slow_timeout",
         "stale",
         "stale_answers",
-        "start_deadline",
         "timeout",
+        "timers",
     )
 
     def __init__(
@@ -83,7 +88,9 @@ class Session:
     ) -> None:
         self.breaker = breaker
         self.clock = breaker.clock
-        self.start_deadline: StartDeadline = asyncio_deadlines(breaker.clock)
+        # The loop of the last call and its deadline timers; see bind().
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.timers: Timers | None = None
         self.channels = channels
         self.is_failure = is_failure
         self.timeout = timeout
@@ -101,11 +108,29 @@ class Session:
         self.plain = True
         self.retries = self.fallbacks = self.stale_answers = 0
 
-    async def call(self, op: Op[T], call_timeout: object, /, *args: Any) -> T:
-        """Run ``op(inner_client, *args)`` under the breaker and a deadline."""
+    def bind(self) -> asyncio.Task[Any]:
+        """The current task, with the session bound to the loop running it.
+
+        Asking asyncio for the running loop costs a system call (it checks
+        the process id), as much as the rest of a guarded call; so a call
+        looks for its task in the loop of the last call, and only when that
+        finds none (the first call, or a new loop) comes here.
+        """
         loop = _running_loop()
         if loop is None:
             raise RuntimeError(_ASYNCIO_ONLY)
+        task = current_task(loop)
+        if task is None:
+            raise RuntimeError("a guarded etcd call needs to run inside a task")
+        self.loop = loop
+        self.timers = timers_for(loop, self.clock)
+        return task
+
+    async def call(self, op: Op[T], call_timeout: object, /, *args: Any) -> T:
+        """Run ``op(inner_client, *args)`` under the breaker and a deadline."""
+        task = current_task(self.loop)
+        if task is None:
+            task = self.bind()
         seconds = self.timeout if call_timeout is None else check_timeout(call_timeout)
         breaker = self.breaker
         permit = breaker.acquire()
@@ -114,7 +139,11 @@ class Session:
         channels = self.channels
         inner = channels.current if permit.kind == ADMIT else channels.for_trial()
         inner.calls += 1
-        deadline = self.start_deadline(loop, seconds)
+        # The deadline, entered by hand: no object to make on the way.
+        base = task.cancelling()
+        key = next(_keys)
+        registry = self.timers.registry(seconds)  # type: ignore[union-attr]
+        registry[key] = task
         try:
             result = await op(inner.client, *args)
         except asyncio.CancelledError as exc:
@@ -122,7 +151,8 @@ class Session:
             inner.calls -= 1
             if inner.retired:
                 channels.drained(inner)
-            self.settle(permit, deadline, seconds, inner, error)
+            late = timed_out(task, base, key, registry, error)
+            self.settle(permit, late, seconds, inner, error)
             if error is exc:
                 raise
             raise error from exc
@@ -130,12 +160,15 @@ class Session:
             inner.calls -= 1
             if inner.retired:
                 channels.drained(inner)
-            self.settle(permit, deadline, seconds, inner, exc)
+            late = timed_out(task, base, key, registry, exc)
+            self.settle(permit, late, seconds, inner, exc)
             raise
         inner.calls -= 1
         if inner.retired:
             channels.drained(inner)
-        deadline.expired(None)
+        if registry.pop(key, None) is None:
+            # The deadline fired as the call returned: its request is void.
+            task.uncancel()
         breaker.record_success(permit)
         return result
 
@@ -146,13 +179,12 @@ class Session:
         rejects calls. It runs under a deadline of ``seconds``, on a fresh
         channel if the current one waits out gRPC's reconnect backoff.
         """
-        channels = self.channels
-        loop = _running_loop()
-        if loop is None:
+        if _running_loop() is None:
             raise RuntimeError(_ASYNCIO_ONLY)
+        channels = self.channels
         inner = channels.for_trial()
         inner.calls += 1
-        deadline = self.start_deadline(loop, seconds)
+        deadline = start_deadline(self.clock, seconds)
         try:
             result = await op(inner.client, *args)
         except BaseException as exc:
@@ -173,13 +205,18 @@ class Session:
     def settle(
         self,
         permit: Permit,
-        deadline: Deadline,
+        expired: bool,
         seconds: float,
         inner: Inner,
         exc: BaseException,
     ) -> None:
+        """Record how a call ended, and raise what the caller should see.
+
+        ``expired`` says that the call's deadline, and nothing else, ended
+        it; ``exc`` is what the call raised.
+        """
         breaker = self.breaker
-        if deadline.expired(exc):
+        if expired:
             breaker.record_failure(permit, timed_out=True)
             raise EtcdCallTimeoutError(breaker.name, seconds) from None
         if isinstance(exc, Exception):

@@ -97,7 +97,7 @@ async def call_retrying(
                     channels.drained(inner)
         except asyncio.CancelledError as exc:
             error = await redeliver_cancellation(exc)
-            session.settle(permit, deadline, seconds, inner, error)
+            session.settle(permit, deadline.expired(error), seconds, inner, error)
             if error is exc:
                 raise
             raise error from exc
@@ -110,19 +110,21 @@ async def call_retrying(
                 or not session.counts(exc)
                 or clock.now() + wait >= give_up_at
             ):
-                session.settle(permit, deadline, seconds, inner, exc)
+                session.settle(permit, deadline.expired(exc), seconds, inner, exc)
                 raise
             if not _admits_retry(session, permit.generation):
-                session.settle(permit, deadline, seconds, inner, exc)
+                session.settle(permit, deadline.expired(exc), seconds, inner, exc)
                 raise breaker.open_error(EtcdCircuitOpenError) from exc
             try:
                 await clock.sleep_until(clock.now() + wait)
             except BaseException as cancelled:
                 # The deadline, or the caller, ended the wait.
-                session.settle(permit, deadline, seconds, inner, cancelled)
+                session.settle(
+                    permit, deadline.expired(cancelled), seconds, inner, cancelled
+                )
                 raise
             if not _admits_retry(session, permit.generation):
-                session.settle(permit, deadline, seconds, inner, exc)
+                session.settle(permit, deadline.expired(exc), seconds, inner, exc)
                 raise breaker.open_error(EtcdCircuitOpenError) from exc
             session.retries += 1
             attempt += 1
