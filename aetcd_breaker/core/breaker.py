@@ -329,10 +329,14 @@ class CircuitBreaker:
         if gen < 0:
             if self._state is OPEN:
                 # Rejecting is the whole job of an open breaker: keep it short.
-                now = self._now()
-                if now < self._retry_at:
+                # The clock is fetched, then called: CPython 3.11 cannot
+                # specialise self._now() on a slot that holds a function.
+                read = self._now
+                now = read()
+                retry_at = self._retry_at
+                if now < retry_at:
                     self._t_rej += 1
-                    raise CircuitOpenError(self._name, OPEN, self._retry_at - now)
+                    raise CircuitOpenError(self._name, OPEN, retry_at - now)
             kind = self._admit()
             if kind == REJECT:
                 raise self.open_error()
