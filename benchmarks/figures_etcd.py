@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib.metadata import version
+from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import aetcd
@@ -26,6 +29,7 @@ from _harness import (
 from aetcd import rpc
 from contenders import OURS
 
+import aetcd_breaker
 from aetcd_breaker.core import CircuitBreaker, State, StateChange
 from aetcd_breaker.etcd import BreakerClient, EtcdCircuitOpenError
 from aetcd_breaker.testing import EtcdServer, FaultProxy
@@ -35,6 +39,7 @@ GUARDED = f"{OURS} BreakerClient"
 CONTROL = f"{RAW}, second client (A/A control)"
 CALL_TIMEOUT = 5.0
 RAW_DEADLINE = f"{RAW}, timeout={CALL_TIMEOUT:g} (gRPC deadline)"
+RAW_TIMER = f"{RAW}, one loop timer pending"
 KEY = b"/bench/key"
 VALUE = b"v" * 64
 # The raw client gets the channel option BreakerClient sets on its own inner
@@ -102,6 +107,9 @@ async def healthy_etcd(mode: Mode) -> list[Result]:
             RAW_DEADLINE: aetcd.Client(
                 etcd.host, etcd.port, timeout=CALL_TIMEOUT, options=dict(CHANNEL)
             ),
+            # What asyncio itself adds per loop turn while any timer is
+            # pending, as BreakerClient's deadlines keep one while calls run.
+            RAW_TIMER: aetcd.Client(etcd.host, etcd.port, options=dict(CHANNEL)),
             GUARDED: BreakerClient(etcd.host, etcd.port, call_timeout=CALL_TIMEOUT),
         }
         await clients[RAW].put(KEY, VALUE)
@@ -110,6 +118,7 @@ async def healthy_etcd(mode: Mode) -> list[Result]:
                 for tasks in (1, ETCD_TASKS):
                     label = f"{op_name}, {tasks} task{'s' if tasks > 1 else ''}"
                     results += await _turns(clients, label, op, tasks, seconds)
+                results += await _bytecodes(clients, op_name, op)
         finally:
             for client in clients.values():
                 await client.close()
@@ -138,9 +147,13 @@ async def _turns(
     rate: dict[str, list[float]] = {name: [] for name in clients}
     end = time.monotonic() + seconds
     turns = 0
+    loop = asyncio.get_running_loop()
     while time.monotonic() < end or turns < 3:
         for name in rotated(list(clients), turns):
+            timer = loop.call_later(3600, _nothing) if name == RAW_TIMER else None
             block_cpu, block_rate = await _block(clients[name], op, tasks, calls)
+            if timer is not None:
+                timer.cancel()
             cpu[name].append(block_cpu)
             rate[name].append(block_rate)
         turns += 1
@@ -183,9 +196,13 @@ async def _turns(
                 note=f"{median(paired_ratios(values[other], values[RAW])):.3f} "
                 "x raw, the same way",
             )
-            for other in (CONTROL, RAW_DEADLINE)
+            for other in (CONTROL, RAW_DEADLINE, RAW_TIMER)
         ]
     return results
+
+
+def _nothing() -> None:
+    return None
 
 
 class _AnswerAtOnce:
@@ -242,11 +259,61 @@ async def _layer_cost(mode: Mode, op_name: str, op: Op, real: float) -> list[Res
             GUARDED,
             share,
             "%",
-            target="<= 2 %",
-            met=share <= 2.0,
             note=f"against {real:.0f} us, raw aetcd's CPU a call with "
-            f"{ETCD_TASKS} tasks above",
+            f"{ETCD_TASKS} tasks above; hot caches make this a lower bound, "
+            "the target is on the whole calls above",
         ),
+    ]
+
+
+_PACKAGE = str(Path(aetcd_breaker.__file__).parent)
+
+
+class _OpcodeCounter:
+    """Counts the Python bytecodes this thread runs, and those of our package."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.ours = 0
+
+    def __call__(self, frame: FrameType, event: str, arg: object) -> Any:
+        frame.f_trace_opcodes = True
+        if event == "opcode":
+            self.count += 1
+            if frame.f_code.co_filename.startswith(_PACKAGE):
+                self.ours += 1
+        return self
+
+
+async def _bytecodes(clients: dict[str, Any], op_name: str, op: Op) -> list[Result]:
+    """Python bytecodes a call runs, 64 tasks at once: BreakerClient's own.
+
+    Unlike time, this does not move with the machine's load: it is the work
+    BreakerClient asks of the interpreter (gRPC's own work is the same with
+    or without it). The whole count, the event loop's included, varies by a
+    few percent with how many completions each turn of the loop collects.
+    """
+    calls = 10 * ETCD_TASKS
+    counters = {}
+    for name in (GUARDED, RAW):
+        counter = counters[name] = _OpcodeCounter()
+        sys.settrace(counter)
+        try:
+            await _block(clients[name], op, ETCD_TASKS, calls)
+        finally:
+            sys.settrace(None)
+    ours = counters[GUARDED].ours / calls
+    raw = counters[RAW].count / calls
+    return [
+        Result(
+            f"5. etcd {op_name}, {ETCD_TASKS} tasks: "
+            "Python bytecodes BreakerClient's own code runs per call",
+            GUARDED,
+            ours,
+            "bytecodes",
+            note=f"{100 * ours / raw:.1f} % of the {raw:,.0f} a raw aetcd call "
+            "runs, the event loop's included",
+        )
     ]
 
 
