@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import aetcd
 import pytest
@@ -200,6 +201,60 @@ def test_interrupted_interpreter_leaves_nothing_behind() -> None:
     assert "KeyboardInterrupt" in run.stderr
     pid, data_dir, log_path = json.loads(run.stdout)
     assert_gone(pid, data_dir, os.path.dirname(log_path))
+
+
+def _wait_gone(pid: int, *paths: str, within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            if not any(os.path.exists(path) for path in paths):
+                return
+        time.sleep(0.05)
+    assert_gone(pid, *paths)
+
+
+@pytest.mark.parametrize("then", ["run", "pause", "restart"])
+def test_sigkilled_interpreter_leaves_nothing_behind(then: str) -> None:
+    # SIGKILL runs no cleanup in Python at all: the kit's keeper process must
+    # notice its parent is gone, kill the etcd running then, remove the dirs.
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        from aetcd_breaker.testing import EtcdServer
+
+        server = EtcdServer()
+        server.start()
+        first = server.pid
+        if {then!r} == "pause":
+            server.pause()
+        elif {then!r} == "restart":
+            server.restart()
+        print(json.dumps([first, server.pid, server.data_dir, server.log_path]))
+        sys.stdout.flush()
+        sys.stdin.read()
+        """
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        first, pid, data_dir, log_path = json.loads(child.stdout.readline())
+        os.kill(pid, 0)  # etcd runs while its parent lives
+        assert os.path.isdir(data_dir)
+    finally:
+        child.kill()
+        child.wait()
+    log_dir = os.path.dirname(log_path)
+    _wait_gone(pid, data_dir, log_dir)
+    if then == "restart":
+        assert first != pid
+        assert_gone(first)
 
 
 def test_etcd_server_fixture_gives_a_running_server(etcd_server: EtcdServer) -> None:

@@ -54,6 +54,7 @@ class Resources:
     that its finalizer holds no reference to the server itself."""
 
     process: subprocess.Popen[bytes] | None = None
+    keeper: subprocess.Popen[bytes] | None = None
     log_file: IO[bytes] | None = None
     data_dir: str | None = None
     log_dir: str | None = None
@@ -66,9 +67,68 @@ def reap(process: subprocess.Popen[bytes] | None) -> None:
         process.wait()
 
 
+# The keeper: a shell that outlives this process only to clean up after it.
+# It reads the pid of the running etcd ("-" for none) line by line from a pipe
+# whose write end only this process holds; end of file means this process is
+# gone without cleaning up (SIGKILL, or a signal it did not handle), so it
+# kills that etcd if the pid still is ours and removes the directories.
+_KEEPER = """
+trap '' INT
+pid=-
+while IFS= read -r line; do
+    [ "$line" = done ] && exit 0
+    pid=$line
+done
+if [ "$pid" != - ] && grep -qaF -- "--data-dir=$1" "/proc/$pid/cmdline"; then
+    kill -KILL "$pid"
+fi
+rm -rf -- "$1" "$2"
+"""
+
+
+def keep(resources: Resources) -> None:
+    """Tell the keeper which etcd runs now, starting the keeper if needed.
+
+    Without a POSIX shell there is no keeper: cleanup then relies on this
+    process ending normally, as it always did.
+    """
+    keeper = resources.keeper
+    if keeper is None:
+        shell = shutil.which("sh")
+        dirs = resources.data_dir, resources.log_dir
+        if shell is None or None in dirs:
+            return
+        keeper = resources.keeper = subprocess.Popen(
+            [shell, "-c", _KEEPER, "etcd-keeper", *dirs],  # type: ignore[list-item]
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    process = resources.process
+    running = process is not None and process.poll() is None
+    _tell(keeper, f"{process.pid}\n" if process and running else "-\n")
+
+
+def _tell(keeper: subprocess.Popen[bytes], line: str) -> None:
+    pipe = keeper.stdin
+    if pipe is not None:
+        with contextlib.suppress(OSError, ValueError):
+            pipe.write(line.encode())
+            pipe.flush()
+
+
 def release(resources: Resources) -> None:
     reap(resources.process)
     resources.process = None
+    keeper = resources.keeper
+    if keeper is not None:
+        # Told to leave everything alone: the directories go below.
+        _tell(keeper, "done\n")
+        if keeper.stdin is not None:
+            with contextlib.suppress(OSError, ValueError):
+                keeper.stdin.close()
+        keeper.wait()
+        resources.keeper = None
     if resources.log_file is not None:
         resources.log_file.close()
         resources.log_file = None

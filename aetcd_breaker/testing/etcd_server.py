@@ -21,6 +21,7 @@ from ._process import (
     find_etcd_binary,
     free_port,
     healthy,
+    keep,
     reap,
     release,
     wait_stopped,
@@ -53,7 +54,9 @@ class EtcdServer:
     `resume` and `stop` return within milliseconds and are safe anywhere. The
     process and both temporary directories are removed by `stop`, by leaving a
     ``with``/``async with`` block, when the handle is garbage collected, and at
-    interpreter exit, whichever comes first. Not thread-safe.
+    interpreter exit, whichever comes first; if this process is killed
+    without running any of those (SIGKILL), a small shell process it started
+    kills etcd and removes the directories. Not thread-safe.
     """
 
     def __init__(
@@ -154,11 +157,13 @@ class EtcdServer:
             process.wait(timeout)
         except subprocess.TimeoutExpired:
             reap(process)
+        keep(self._resources)
         self._paused = False
 
     def kill(self) -> None:
         """Crash etcd with SIGKILL and reap it; data stays for `restart`."""
         reap(self._resources.process)
+        keep(self._resources)
         self._paused = False
 
     def pause(self) -> None:
@@ -275,6 +280,7 @@ class EtcdServer:
                 stdout=self._resources.log_file,
                 stderr=subprocess.STDOUT,
             )
+            keep(self._resources)
             try:
                 self._wait_healthy(self._resources.process, deadline)
                 return
