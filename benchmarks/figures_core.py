@@ -32,6 +32,8 @@ from contenders import (
     peers,
 )
 
+from aetcd_breaker.core import CircuitOpenError, State
+
 FIG1 = "1. closed, async no-op, 1 task: overhead per call"
 FIG2 = "2. open: cost of a rejected call"
 FIG2_MEM = "2. open: memory kept per rejected call"
@@ -133,13 +135,29 @@ async def open_rejections(mode: Mode) -> list[Result]:
 
         return run
 
-    samples = await interleave(
-        {c.name: measure(c) for c in contenders}, mode.reps(61, 21)
-    )
+    floor = _RaiseOnly()
+
+    async def floor_run() -> float:
+        return await per_call(partial(floor.loop, must_not_run), n)
+
+    measures = {c.name: measure(c) for c in contenders}
+    measures[floor.name] = floor_run
+    samples = await interleave(measures, mode.reps(61, 21))
     costs = {name: median(s) * US for name, s in samples.items()}
     peer_names = [c.name for c in contenders[1:]]
     results = [_half_of_fastest(FIG2, costs, peer_names, "us")]
     results += [Result(FIG2, name, costs[name], "us") for name in peer_names]
+    results.append(
+        Result(
+            FIG2,
+            floor.name,
+            costs[floor.name],
+            "us",
+            note="no breaker: an async function that raises CircuitOpenError "
+            "at once, awaited and caught; any breaker whose call is a coroutine "
+            "costs at least this",
+        )
+    )
 
     rejections = mode.reps(20_000, 5_000)
     for c in contenders:
@@ -153,6 +171,25 @@ async def open_rejections(mode: Mode) -> list[Result]:
             target, met = None, None
         results.append(Result(FIG2_MEM, c.name, per_rejection, "B", target, met))
     return results
+
+
+class _RaiseOnly:
+    """The least a rejection by a coroutine can cost: create, await, raise, catch."""
+
+    name = "(reference) coroutine that only raises"
+
+    async def loop(self, fn: Fn, n: int) -> int:
+        rejected = 0
+        for _ in range(n):
+            try:
+                await _reject(fn)
+            except CircuitOpenError:
+                rejected += 1
+        return rejected
+
+
+async def _reject(fn: Fn) -> None:
+    raise CircuitOpenError("reference", State.OPEN, 1.0)
 
 
 async def _open(contender: Contender) -> None:
