@@ -40,6 +40,7 @@ CONTROL = f"{RAW}, second client (A/A control)"
 CALL_TIMEOUT = 5.0
 RAW_DEADLINE = f"{RAW}, timeout={CALL_TIMEOUT:g} (gRPC deadline)"
 RAW_TIMER = f"{RAW}, one loop timer pending"
+RAW_LAYERS = f"{RAW}, through two empty coroutine layers"
 KEY = b"/bench/key"
 VALUE = b"v" * 64
 # The raw client gets the channel option BreakerClient sets on its own inner
@@ -110,6 +111,11 @@ async def healthy_etcd(mode: Mode) -> list[Result]:
             # What asyncio itself adds per loop turn while any timer is
             # pending, as BreakerClient's deadlines keep one while calls run.
             RAW_TIMER: aetcd.Client(etcd.host, etcd.port, options=dict(CHANNEL)),
+            # What any wrapper shaped like BreakerClient costs, doing nothing:
+            # a method that awaits a helper that awaits aetcd.
+            RAW_LAYERS: _TwoLayers(
+                aetcd.Client(etcd.host, etcd.port, options=dict(CHANNEL))
+            ),
             GUARDED: BreakerClient(etcd.host, etcd.port, call_timeout=CALL_TIMEOUT),
         }
         await clients[RAW].put(KEY, VALUE)
@@ -196,13 +202,34 @@ async def _turns(
                 note=f"{median(paired_ratios(values[other], values[RAW])):.3f} "
                 "x raw, the same way",
             )
-            for other in (CONTROL, RAW_DEADLINE, RAW_TIMER)
+            for other in (CONTROL, RAW_DEADLINE, RAW_TIMER, RAW_LAYERS)
         ]
     return results
 
 
 def _nothing() -> None:
     return None
+
+
+class _TwoLayers:
+    """aetcd behind two coroutine layers that do nothing else (the reference)."""
+
+    def __init__(self, client: aetcd.Client) -> None:
+        self._client = client
+
+    async def get(self, key: bytes) -> object:
+        return await self._call(self._client.get, key)
+
+    async def put(self, key: bytes, value: bytes) -> object:
+        return await self._call(self._client.put, key, value)
+
+    async def _call(
+        self, method: Callable[..., Awaitable[object]], *args: Any
+    ) -> object:
+        return await method(*args)
+
+    async def close(self) -> None:
+        await self._client.close()
 
 
 class _AnswerAtOnce:
