@@ -6,7 +6,7 @@ import asyncio
 
 import anyio
 import pytest
-from core_helpers import ok, settle
+from core_helpers import Boom, fail, ok, settle
 from structlog.testing import capture_logs
 
 from aetcd_breaker.core import (
@@ -565,3 +565,58 @@ async def test_real_clock_deadline_after_many_ended_calls_still_fires() -> None:
 
     assert 3 * TINY <= seconds < 3 * TINY + _deadline.RESOLUTION + 0.25
     assert wheel_timers(asyncio.get_running_loop()) == 0
+
+
+@pytest.mark.parametrize("guard", [False, True], ids=["call", "guard"])
+async def test_deadline_beyond_float_range_lets_the_trial_close_the_circuit(
+    guard: bool, anyio_backend: str
+) -> None:
+    # 1e308 is finite, so valid; a moment that far ahead is not a float.
+    breaker = CircuitBreaker(
+        name="db", failure_threshold=1, reset_timeout=TINY, call_timeout=1e308
+    )
+    with pytest.raises(Boom):
+        await breaker.call(fail)
+    await anyio.sleep(2 * TINY)
+    assert breaker.state is State.HALF_OPEN
+
+    if guard:
+        async with breaker.guard():
+            result = await ok()
+    else:
+        result = await breaker.call(ok)
+
+    assert result == "ok"
+    assert breaker.state is State.CLOSED
+    assert await breaker.call(ok) == "ok"
+    if anyio_backend == "asyncio":
+        assert wheel_timers(asyncio.get_running_loop()) == 0
+
+
+class NegativeTimeLoop:
+    """The two loop methods the wheel uses, on a clock that reads below zero."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+        self.timers: list[float] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, callback: object) -> FireSpy:
+        self.timers.append(when)
+        return FireSpy()
+
+
+@asyncio_only
+@pytest.mark.parametrize("now", [-1e6 - 0.0012, -0.0512, 0.0012, 1e6 + 0.0012])
+async def test_wheel_deadline_is_due_within_one_slot_at_any_sign_of_loop_time(
+    now: float,
+) -> None:
+    loop = NegativeTimeLoop(now)
+    wheel = _deadline._Wheel(loop)  # type: ignore[arg-type]
+
+    wheel.registry(0.0123)
+
+    [when] = loop.timers
+    assert now + 0.0123 <= when <= now + 0.0123 + _deadline.RESOLUTION

@@ -9,6 +9,7 @@ client is used from a new loop.
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 
@@ -125,3 +126,81 @@ def test_a_fake_clock_deadline_fires_only_when_the_clock_reaches_it(
     assert not early
     assert (after_success, left) == (0, 0)
     assert breaker.metrics().failures == 1
+
+
+def test_a_trial_with_a_deadline_beyond_float_range_closes_the_circuit(
+    etcd_server: EtcdServer,
+) -> None:
+    breaker = CircuitBreaker(name="etcd", failure_threshold=1, reset_timeout=0.1)
+    etcd = BreakerClient(
+        etcd_server.host, etcd_server.port, breaker=breaker, call_timeout=0.2
+    )
+
+    async def main() -> tuple[State, State, bytes | None]:
+        async with etcd:
+            await etcd.put(b"/loops/key", b"v")
+            etcd_server.pause()
+            try:
+                with pytest.raises(EtcdCallTimeoutError):
+                    await etcd.get(b"/loops/key")
+            finally:
+                etcd_server.resume()
+            await asyncio.sleep(0.2)
+            before = breaker.state
+            # Finite, so valid; a moment 1e308 seconds ahead is not a float.
+            async with asyncio.timeout(HANG):
+                found = await etcd.get(b"/loops/key", call_timeout=1e308)
+            return before, breaker.state, None if found is None else found.value
+
+    assert asyncio.run(main()) == (State.HALF_OPEN, State.CLOSED, b"v")
+
+
+def test_a_call_from_another_thread_times_out_its_own_task_only(
+    etcd_server_session: EtcdServer,
+) -> None:
+    # Not a supported use (aetcd's channel belongs to one loop), but a
+    # deadline must never cancel a task of another thread's loop.
+    server = etcd_server_session
+    etcd = BreakerClient(server.host, server.port, call_timeout=HANG)
+    session = etcd._session
+    bound = threading.Event()
+    done = threading.Event()
+    other: dict[str, str] = {}
+
+    async def quick(inner: object) -> str:
+        return "quick"
+
+    async def hangs(inner: object) -> str:
+        await asyncio.sleep(HANG)
+        return "late"
+
+    async def busy_elsewhere() -> None:
+        # Binds the session to this thread's loop, then stays that loop's
+        # current task (blocking it) while the other thread makes its call.
+        await session.call(quick, None)
+        bound.set()
+        done.wait(HANG)
+        try:
+            await asyncio.sleep(0.1)
+            other["task"] = "finished"
+        except asyncio.CancelledError:
+            other["task"] = "cancelled"
+
+    thread = threading.Thread(target=asyncio.run, args=(busy_elsewhere(),))
+    thread.start()
+    try:
+        assert bound.wait(HANG)
+
+        async def here() -> EtcdCallTimeoutError:
+            with pytest.raises(EtcdCallTimeoutError) as info:
+                async with asyncio.timeout(2):
+                    await session.call(hangs, 0.05)
+            return info.value
+
+        error = asyncio.run(here())
+    finally:
+        done.set()
+        thread.join(HANG)
+
+    assert error.timeout == 0.05
+    assert other == {"task": "finished"}

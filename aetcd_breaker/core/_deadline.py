@@ -103,8 +103,13 @@ class _Wheel:
 
     def registry(self, seconds: float) -> Registry:
         # The slot after the one the deadline falls in: late by up to a slot,
-        # never early.
-        slot = int((self.now() + seconds) * _SLOTS_PER_SECOND) + 1
+        # never early (floor, not int(), which rounds up below zero).
+        try:
+            slot = _floor((self.now() + seconds) * _SLOTS_PER_SECOND) + 1
+        except OverflowError:
+            # Beyond float range (over about 1e305 seconds): a deadline that
+            # never comes, so no timer; the caller enters and pops as usual.
+            return {}
         registry = self.slots.get(slot)
         if registry is None:
             registry = self.slots[slot] = {}
@@ -179,6 +184,7 @@ class _ClockTimers:
 
 _wheel: _Wheel | None = None
 _SLOTS_PER_SECOND = 1 / RESOLUTION
+_floor = math.floor
 
 # On Python 3.11 asyncio.current_task is a Python wrapper around this mapping;
 # reading it directly saves a quarter of a deadline's cost there.

@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import math
 from collections.abc import Awaitable, Callable
+from threading import get_ident
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import aetcd
@@ -74,6 +75,7 @@ class Session:
         "slow_timeout",
         "stale",
         "stale_answers",
+        "thread",
         "timeout",
         "timers",
     )
@@ -91,6 +93,7 @@ class Session:
         # The loop of the last call and its deadline timers; see bind().
         self.loop: asyncio.AbstractEventLoop | None = None
         self.timers: Timers | None = None
+        self.thread = 0
         self.channels = channels
         self.is_failure = is_failure
         self.timeout = timeout
@@ -114,7 +117,9 @@ class Session:
         Asking asyncio for the running loop costs a system call (it checks
         the process id), as much as the rest of a guarded call; so a call
         looks for its task in the loop of the last call, and only when that
-        finds none (the first call, or a new loop) comes here.
+        finds none (the first call, or a new loop) comes here. A call from
+        another thread comes here too: the last loop may be running there,
+        and its task is not this call's.
         """
         loop = _running_loop()
         if loop is None:
@@ -123,13 +128,14 @@ class Session:
         if task is None:
             raise RuntimeError("a guarded etcd call needs to run inside a task")
         self.loop = loop
+        self.thread = get_ident()
         self.timers = timers_for(loop, self.clock)
         return task
 
     async def call(self, op: Op[T], call_timeout: object, /, *args: Any) -> T:
         """Run ``op(inner_client, *args)`` under the breaker and a deadline."""
         task = current_task(self.loop)
-        if task is None:
+        if task is None or get_ident() != self.thread:
             task = self.bind()
         seconds = self.timeout if call_timeout is None else check_timeout(call_timeout)
         breaker = self.breaker
