@@ -206,3 +206,100 @@ async def test_bad_retry_option_is_refused(fault_proxy: FaultProxy) -> None:
     async with client_of(fault_proxy) as etcd:
         with pytest.raises(InvalidSettingTypeError, match="retry"):
             await etcd.get(b"k", retry=3)  # type: ignore[arg-type]
+
+
+def test_retry_waits_past_float_range_stay_at_the_cap() -> None:
+    # factor ** (n - 1) overflows a float long before attempts runs out.
+    steep = Retry(attempts=5, base=0.001, factor=1e200, cap=0.01, jitter=0)
+    flat = Retry(attempts=100_000, base=0, jitter=0)
+
+    assert [steep.delay(n) for n in (1, 2, 3, 4)] == [0.001, 0.01, 0.01, 0.01]
+    assert flat.delay(2_000) == 0.0
+
+
+async def quiet_for(seconds: float) -> bool:
+    """Whether the task got through ``seconds`` without a stray cancellation."""
+    try:
+        await asyncio.sleep(seconds)
+    except asyncio.CancelledError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        Retry(attempts=5, base=0.001, factor=1e200, cap=0.01, jitter=0),
+        Retry(attempts=100_000, base=0, jitter=0),
+    ],
+    ids=["steep", "many"],
+)
+async def test_retries_past_float_range_end_with_one_outcome_and_deadline(
+    etcd_server: EtcdServer, policy: Retry
+) -> None:
+    breaker = CircuitBreaker(name="etcd", failure_threshold=None)
+    async with client_of(etcd_server, breaker=breaker) as etcd:
+        await etcd.put(b"/retry/overflow", b"v")
+        etcd_server.kill()
+
+        with anyio.fail_after(HANG), pytest.raises(aetcd.ConnectionFailedError):
+            await etcd.get(b"/retry/overflow", retry=policy, call_timeout=0.5)
+        metrics = breaker.metrics()
+        # The call's deadline was stopped with it: it cancels nothing later.
+        quiet = await quiet_for(0.7)
+
+    assert etcd.retries >= 2
+    assert (metrics.calls, metrics.failures) == (2, 1)
+    assert quiet
+
+
+class Fatal(BaseException):
+    """Neither an Exception nor a cancellation: a KeyboardInterrupt's kind."""
+
+
+class FatalRange:
+    """Stands in for aetcd's key-value stub; every read raises :class:`Fatal`.
+
+    Real etcd cannot make aetcd raise a BaseException on demand.
+    """
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    async def Range(self, *args: Any, **kwargs: Any) -> Any:
+        raise Fatal
+
+
+async def refused() -> None:
+    raise ConnectionError("refused")
+
+
+async def test_retried_trial_ending_in_a_base_exception_gives_its_permit_back(
+    etcd_server: EtcdServer,
+) -> None:
+    breaker = CircuitBreaker(name="etcd", failure_threshold=1, reset_timeout=0.05)
+    async with client_of(etcd_server, breaker=breaker, call_timeout=0.5) as etcd:
+        await etcd.put(b"/retry/fatal", b"v")
+        with pytest.raises(ConnectionError):
+            await breaker.call(refused)
+        await asyncio.sleep(0.1)
+        inner = etcd._session.channels.current.client
+        real = inner.kvstub
+        inner.kvstub = FatalRange(real)
+        try:
+            with pytest.raises(Fatal):
+                await etcd.get(b"/retry/fatal", retry=QUICK)
+        finally:
+            inner.kvstub = real
+        in_flight = breaker.trials_in_flight
+        quiet = await quiet_for(0.7)
+        with anyio.fail_after(HANG):
+            got = await etcd.get(b"/retry/fatal")
+
+    assert in_flight == 0
+    assert quiet
+    assert got is not None and got.value == b"v"
+    assert breaker.state.value == "closed"

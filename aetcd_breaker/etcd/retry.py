@@ -10,6 +10,7 @@ when another call has tripped it meanwhile, the retry ends with the rejection.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -55,7 +56,12 @@ class Retry:
 
     def delay(self, retry: int) -> float:
         """Seconds to wait before the ``retry``-th retry (1 for the first)."""
-        seconds = min(self.cap, self.base * self.factor ** (retry - 1))
+        try:
+            grown = self.base * self.factor ** (retry - 1)
+        except OverflowError:
+            # factor**(retry-1) beyond float range: the cap, or no wait at all.
+            grown = math.inf if self.base else 0.0
+        seconds = min(self.cap, grown)
         if self.jitter:
             seconds *= 1 - self.jitter * random.random()
         return seconds
@@ -129,6 +135,10 @@ async def call_retrying(
             session.retries += 1
             attempt += 1
             continue
+        except BaseException as exc:
+            # KeyboardInterrupt and the like: no outcome, the permit goes back.
+            session.settle(permit, deadline.expired(exc), seconds, inner, exc)
+            raise
         deadline.expired(None)
         breaker.record_success(permit)
         return result
