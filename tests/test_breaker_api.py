@@ -554,6 +554,7 @@ BREAKER_SETTINGS: list[tuple[str, object, type]] = [
     ("reset_timeout", INF, V),
     ("reset_timeout", "30", T),
     ("reset_timeout", None, T),
+    ("reset_timeout", ExponentialBackoff, T),
     ("call_timeout", 0, V),
     ("call_timeout", -0.5, V),
     ("call_timeout", NAN, V),
@@ -576,8 +577,10 @@ BREAKER_SETTINGS: list[tuple[str, object, type]] = [
     ("on_state_change", "hook", T),
     ("trip_rules", "rule", T),
     ("trip_rules", 5, T),
+    ("trip_rules", FailureRate, T),
     ("clock", "now", T),
     ("clock", 5, T),
+    ("clock", FakeClock, T),
     ("initial_state", "half_open", V),
     ("initial_state", "nope", V),
     ("initial_state", State.HALF_OPEN, V),
@@ -665,6 +668,8 @@ PART_SETTINGS: list[tuple[Callable[..., object], dict[str, Any], type]] = [
     (TimeWindow, {"seconds": NAN}, V),
     (TimeWindow, {"seconds": INF}, V),
     (TimeWindow, {"seconds": "10"}, T),
+    (TimeWindow, {"seconds": 5e-324}, V),
+    (TimeWindow, {"buckets": 10, "seconds": 1e-6}, V),
     (TimeWindow, {"seconds": 10, "buckets": 0}, V),
     (TimeWindow, {"seconds": 10, "buckets": 1.5}, T),
     (ExponentialBackoff, {"base": 0}, V),
@@ -1064,6 +1069,61 @@ async def test_wait_ready_in_half_open_wakes_when_a_permit_comes_back(
         await waiter.done.wait()
 
     assert breaker.acquire() is not None
+
+
+def test_decorating_a_plain_function_is_refused_by_name() -> None:
+    def load() -> str:
+        return "not awaitable"
+
+    with pytest.raises(InvalidSettingTypeError) as raised:
+        CircuitBreaker()(load)  # type: ignore[arg-type]
+
+    assert raised.value.setting == "fn"
+    assert raised.value.value is load
+
+
+def test_a_rule_class_in_place_of_a_rule_is_refused_by_name() -> None:
+    with pytest.raises(InvalidSettingTypeError) as raised:
+        CircuitBreaker(trip_rules=[FailureRate])
+
+    assert raised.value.setting == "trip_rules"
+    assert raised.value.value is FailureRate
+
+
+@pytest.mark.parametrize("answer", [NAN, -1.0, INF, "30", None])
+async def test_an_open_duration_policy_with_a_bad_answer_is_named_at_the_trip(
+    clock: FakeClock, answer: object
+) -> None:
+    breaker = CircuitBreaker(
+        failure_threshold=1, reset_timeout=lambda opens: answer, clock=clock
+    )
+
+    with pytest.raises(BreakerError) as raised:
+        await breaker.call(fail)
+
+    assert raised.value.setting == "reset_timeout"  # type: ignore[attr-defined]
+    assert same(raised.value.value, answer)  # type: ignore[attr-defined]
+    # Nothing changed: no open state whose end cannot be told.
+    assert breaker.state is State.CLOSED
+
+
+@pytest.mark.parametrize("action", ["disable", "reset"])
+async def test_a_hook_that_disables_or_resets_on_half_open_lets_the_call_run(
+    clock: FakeClock, action: str
+) -> None:
+    def hook(change: StateChange) -> None:
+        if change.to_state is State.HALF_OPEN:
+            getattr(breaker, action)()
+
+    breaker = CircuitBreaker(
+        failure_threshold=1, reset_timeout=1, clock=clock, on_state_change=hook
+    )
+    with pytest.raises(Boom):
+        await breaker.call(fail)
+    clock.advance(2)
+
+    assert await breaker.call(ok) == "ok"
+    assert breaker.state is (State.DISABLED if action == "disable" else State.CLOSED)
 
 
 def test_decorating_an_async_generator_is_refused_by_name() -> None:

@@ -577,3 +577,27 @@ def test_a_rate_rule_that_needs_more_calls_than_the_window_holds_is_refused() ->
     assert str(raised.value) == (
         "FailureRate.minimum_calls must be at most the CountWindow's size (5), got 10"
     )
+
+
+async def test_a_time_window_rate_rule_fires_on_a_success_once_old_buckets_age_out(
+    clock: FakeClock,
+) -> None:
+    breaker = CircuitBreaker(
+        failure_threshold=None,
+        window=TimeWindow(10, buckets=10),
+        trip_rules=[FailureRate(0.5, minimum_calls=3)],
+        clock=clock,
+    )
+    for _ in range(5):
+        await breaker.call(ok)
+    clock.advance(5)
+    for _ in range(4):
+        with pytest.raises(Boom):
+            await breaker.call(fail)
+    assert breaker.state is State.CLOSED  # 4 failures in 9 calls
+
+    clock.advance(5.5)
+    # The five successes left the window: 4 failures in 5 calls now.
+    await breaker.call(ok)
+
+    assert breaker.state is State.OPEN

@@ -29,7 +29,7 @@ def open_duration(value: object) -> OpenDuration:
         return value
     if isinstance(value, int | float) and not isinstance(value, bool):
         return FixedDuration(float(value))
-    if callable(value):
+    if callable(value) and not isinstance(value, type):
         return value
     raise InvalidSettingTypeError(
         "reset_timeout", value, "seconds or an open-duration policy"
@@ -37,13 +37,14 @@ def open_duration(value: object) -> OpenDuration:
 
 
 def rules(rules: object) -> tuple[TripRule, ...]:
-    if callable(rules):
+    if callable(rules) and not isinstance(rules, type):
         return (rules,)
     if isinstance(rules, str | bytes) or not isinstance(rules, Iterable):
         raise InvalidSettingTypeError("trip_rules", rules, "an iterable of callables")
     checked = tuple(rules)
     for rule in checked:
-        if not callable(rule):
+        # A class (FailureRate rather than FailureRate(0.5)) is callable too.
+        if not callable(rule) or isinstance(rule, type):
             raise InvalidSettingTypeError("trip_rules", rule, "a callable of Counts")
     return checked
 
@@ -66,7 +67,7 @@ def callable_or_none(setting: str, value: Any) -> Any:
 def clock(clock: object) -> Clock:
     if clock is None:
         return MonotonicClock()
-    if not isinstance(clock, Clock):
+    if isinstance(clock, type) or not isinstance(clock, Clock):
         raise InvalidSettingTypeError(
             "clock", clock, "an object with now(), sleep_until() and call_at()"
         )

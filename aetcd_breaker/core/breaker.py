@@ -29,6 +29,7 @@ the state is updated.
 from __future__ import annotations
 
 import functools
+import math
 import inspect
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final, ParamSpec, TypeVar
@@ -398,7 +399,8 @@ class CircuitBreaker:
 
     def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
         """Use the breaker as a decorator on an async function."""
-        if not callable(fn) or inspect.isasyncgenfunction(fn):
+        plain_def = inspect.isfunction(fn) and not inspect.iscoroutinefunction(fn)
+        if not callable(fn) or plain_def or inspect.isasyncgenfunction(fn):
             raise InvalidSettingTypeError(
                 "fn", fn, "an async function (not an async generator)"
             )
@@ -520,9 +522,14 @@ class CircuitBreaker:
             return REJECT
         if state is not FORCED_OPEN:
             self._tick(self._now())
-            if self._state is HALF_OPEN and self._trials < self._max_requests:
-                self._trials += 1
-                return TRIAL
+            state = self._state
+            if state is HALF_OPEN:
+                if self._trials < self._max_requests:
+                    self._trials += 1
+                    return TRIAL
+            elif state is CLOSED or state is DISABLED:
+                # A state-change hook reset or disabled the breaker.
+                return self._admit()
         self._t_rej += 1
         return REJECT
 
@@ -635,7 +642,8 @@ class CircuitBreaker:
         # A fast success never raises a failure or slow-call rate, so the
         # built-in rate rules can only fire on one when it brings the count
         # up to their minimum_calls; a rule of the user's may fire on anything.
-        if self._custom_rules:
+        if self._custom_rules or self._window_now is not _no_time:
+            # Old buckets of a time window age out, which can raise a rate.
             return True
         if self._window is not None:
             calls = self._window.totals(self._window_now())[0]
@@ -700,6 +708,17 @@ class CircuitBreaker:
         emit(change, self._hooks)
 
     def _enter(self, to: State, now: float) -> None:
+        if to is OPEN:
+            # Asked first, so that a policy's bad answer changes nothing.
+            open_for = self._open_duration(self._opens + 1)
+            if isinstance(open_for, bool) or not isinstance(open_for, int | float):
+                raise InvalidSettingTypeError(
+                    "reset_timeout", open_for, "a policy that returns seconds"
+                )
+            if not (open_for >= 0 and math.isfinite(open_for)):
+                raise InvalidSettingError(
+                    "reset_timeout", open_for, "a policy that returns finite seconds"
+                )
         self._state = to
         self._generation += 1
         self._changed_at = now
@@ -708,7 +727,7 @@ class CircuitBreaker:
         self._interval_end = None
         if to is OPEN:
             self._opens += 1
-            self._retry_at = now + self._open_duration(self._opens)
+            self._retry_at = now + open_for
         elif to is HALF_OPEN:
             if self._half_open_wait is not None:
                 self._half_open_until = now + self._half_open_wait

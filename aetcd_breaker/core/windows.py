@@ -79,6 +79,10 @@ class CountWindow:
         self._next = self._filled = self._failures = self._slow = 0
 
 
+_MIN_BUCKET = 1e-6
+"""Seconds a time window's bucket spans at the least."""
+
+
 class TimeWindow:
     """The outcomes of the last ``seconds``, kept in ``buckets`` equal slices.
 
@@ -109,6 +113,13 @@ class TimeWindow:
         self.seconds = float(seconds)
         self.buckets = _positive_int("TimeWindow.buckets", buckets)
         self._width = self.seconds / self.buckets
+        if self._width < _MIN_BUCKET:
+            raise InvalidSettingError(
+                "TimeWindow.seconds",
+                seconds,
+                f"at least {_MIN_BUCKET * self.buckets:g} s "
+                f"(1 microsecond for each of {self.buckets} buckets)",
+            )
         self._calls = array("q", bytes(8 * self.buckets))
         self._failures = array("q", bytes(8 * self.buckets))
         self._slow = array("q", bytes(8 * self.buckets))
