@@ -29,8 +29,8 @@ the state is updated.
 from __future__ import annotations
 
 import functools
-import math
 import inspect
+import math
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final, ParamSpec, TypeVar
 
