@@ -226,6 +226,38 @@ async def test_bad_call_timeout_of_a_call_is_refused_before_it_runs(
     assert (metrics.calls, metrics.rejected) == (0, 0)
 
 
+@pytest.mark.parametrize(
+    ("arguments", "setting", "value"),
+    [
+        ({"timeout": math.nan}, "timeout", math.nan),
+        ({"timeout": -1}, "timeout", -1),
+        ({"timeout": "5"}, "timeout", "5"),
+        ({"start_revision": -5}, "start_revision", -5),
+        ({"start_revision": 2.0}, "start_revision", 2.0),
+        ({"start_revision": True}, "start_revision", True),
+    ],
+)
+async def test_bad_watch_once_argument_is_refused_before_any_call(
+    etcd: BreakerClient, arguments: dict[str, Any], setting: str, value: object
+) -> None:
+    for wait in (etcd.watch_once, etcd.watch_prefix_once):
+        with pytest.raises((InvalidSettingError, InvalidSettingTypeError)) as info:
+            await wait(b"/bad", **arguments)
+
+        assert str(info.value).startswith(f"{setting} must be")
+        assert str(info.value).endswith(repr(value))
+    assert etcd.breaker.metrics().calls == 0
+
+
+async def test_a_negative_start_revision_of_a_watch_is_refused(
+    etcd: BreakerClient,
+) -> None:
+    # Not reported later as history lost to a compaction.
+    with pytest.raises(InvalidSettingError, match=r"^start_revision must be"):
+        await etcd.watch(b"/bad", start_revision=-5)
+    assert etcd.breaker.metrics().calls == 0
+
+
 def test_wrap_refuses_what_is_not_an_aetcd_client() -> None:
     with pytest.raises(InvalidSettingTypeError, match="client"):
         BreakerClient.wrap(object())

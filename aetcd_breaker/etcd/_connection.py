@@ -12,6 +12,11 @@ from ._session import check_timeout
 
 __all__ = ["check_connection", "check_hook", "check_ttl", "check_wait"]
 
+_GRPC_MAX_TIMEOUT = 1e9
+"""The longest gRPC deadline taken, in seconds: about 31 years."""
+_MAX_TTL = 9_000_000_000
+"""etcd's largest lease TTL (MaxLeaseTTL), in seconds."""
+
 
 def _seconds(setting: str, value: object, *, optional: bool) -> None:
     if value is None and optional:
@@ -51,6 +56,12 @@ def check_connection(
             missing, None, "given too: username and password go together"
         )
     _seconds("timeout", timeout, optional=True)
+    if timeout is not None and timeout > _GRPC_MAX_TIMEOUT:  # type: ignore[operator]
+        # gRPC's deadline, in nanoseconds, overflows past about 9.2e9 s and
+        # every request then fails at once with DEADLINE_EXCEEDED.
+        raise InvalidSettingError(
+            "timeout", timeout, f"at most {_GRPC_MAX_TIMEOUT:g} seconds"
+        )
     _seconds("connect_wait_timeout", connect_wait_timeout, optional=False)
     if options is None:
         return {}
@@ -63,8 +74,10 @@ def check_ttl(value: object) -> int:
     """A lease's time to live: whole seconds, at least 1."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidSettingTypeError("ttl", value, "an int of seconds")
-    if value < 1:
-        raise InvalidSettingError("ttl", value, "at least 1 second")
+    if not 1 <= value <= _MAX_TTL:
+        raise InvalidSettingError(
+            "ttl", value, f"from 1 to {_MAX_TTL:,} seconds (etcd's limit)"
+        )
     return value
 
 

@@ -10,6 +10,7 @@ from aetcd.utils import prefix_range_end
 from . import _ops as ops
 from ._options import DEFAULT, WRITE, run
 from ._reads import ReadOps
+from ._session import check_timeout
 from .objects import Lease
 from .retry import Retry
 from .watch import Watch, WatchSpec, first_event, open_watch
@@ -236,6 +237,8 @@ class KeyOps(ReadOps):
         Creating the watch is guarded; the wait is not. With no event within
         ``timeout`` seconds, raise ``aetcd.WatchTimeoutError``, as aetcd does.
         """
+        if timeout is not None:
+            check_timeout(timeout, "timeout")
         watch = await self.watch(
             key,
             range_end,
