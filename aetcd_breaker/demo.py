@@ -56,7 +56,7 @@ class PhaseStats:
 class _Workload:
     client: BreakerClient
     workers: int
-    current: PhaseStats = field(default_factory=lambda: PhaseStats("starting"))
+    current: PhaseStats
 
     async def run(self, task_status: anyio.abc.TaskStatus[None]) -> None:
         async with anyio.create_task_group() as tg:
@@ -148,18 +148,24 @@ async def run_demo(
             proxy.host, proxy.port, breaker=breaker, call_timeout=0.5
         ) as client:
             await client.put(b"/demo/canary", b"written before the faults")
-            workload = _Workload(client, workers)
 
-            async def phase(name: str) -> None:
+            def begin(name: str) -> PhaseStats:
                 stats = PhaseStats(name)
                 phases.append(stats)
-                workload.current = stats
                 _log.info("demo.phase", phase=name, seconds=phase_seconds)
+                return stats
+
+            # Each call counts in the phase it started in; the first phase
+            # begins before the first worker does, so no call goes uncounted.
+            workload = _Workload(client, workers, begin("healthy"))
+
+            async def phase(name: str) -> None:
+                workload.current = begin(name)
                 await anyio.sleep(phase_seconds)
 
             async with anyio.create_task_group() as tg:
                 await tg.start(workload.run)
-                await phase("healthy")
+                await anyio.sleep(phase_seconds)
                 for fault in faults:
                     label, inject, healed, heal = _fault_actions(fault, server, proxy)
                     await _act(inject)

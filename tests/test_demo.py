@@ -80,6 +80,24 @@ def test_demo_console_output_ends_with_the_phase_table() -> None:
     assert "aetcd_breaker.state_changed" in done.stdout
 
 
+def test_demo_table_counts_every_call_even_with_short_phases() -> None:
+    # Calls that started before the first phase once went uncounted.
+    done = _demo("--log-format", "json", "--phase-seconds", "0.001")
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    events = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+    summary = [e for e in events if e["event"] == "demo.summary"]
+    first_open = next(
+        e
+        for e in events
+        if e["event"] == "aetcd_breaker.state_changed" and e["to_state"] == "open"
+    )
+
+    failed = sum(p["failed"] + p["timed_out"] for p in summary)
+    assert failed >= first_open["failures"] > 0
+    assert sum(p["calls"] for p in summary) >= first_open["calls"]
+
+
 @pytest.mark.parametrize(
     "args",
     [
