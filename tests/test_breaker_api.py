@@ -1156,3 +1156,20 @@ async def test_a_broken_log_pipeline_never_reaches_the_caller(
         structlog.reset_defaults()
 
     assert breaker.state is State.OPEN
+
+
+async def test_wait_ready_woken_by_a_state_change_leaves_no_timer_behind(
+    clock: FakeClock,
+) -> None:
+    breaker = CircuitBreaker(failure_threshold=1, reset_timeout=30, clock=clock)
+    with pytest.raises(Boom):
+        await breaker.call(fail)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(breaker.wait_ready)
+        await clock.wait_for_sleepers(1)
+        breaker.reset()
+
+    # Nobody waits any more: a sleeper counted here would mislead
+    # wait_for_sleepers() in the next test step.
+    assert clock.sleepers == 0

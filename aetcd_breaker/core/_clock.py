@@ -8,11 +8,19 @@ import itertools
 import math
 import time
 from collections.abc import Callable
+from types import TracebackType
 from typing import Protocol, runtime_checkable
 
 import anyio
 
-__all__ = ["Clock", "FakeClock", "MonotonicClock", "TimerHandle", "scope_until"]
+__all__ = [
+    "Clock",
+    "ClockScope",
+    "FakeClock",
+    "MonotonicClock",
+    "TimerHandle",
+    "scope_until",
+]
 
 
 class TimerHandle(Protocol):
@@ -60,16 +68,41 @@ class MonotonicClock:
         return loop.call_later(max(0.0, when - time.monotonic()), callback)
 
 
-def scope_until(clock: Clock, when: float) -> anyio.CancelScope:
+class ClockScope:
+    """A cancel scope that a clock's timer cancels; the timer stops on exit."""
+
+    __slots__ = ("scope", "timer")
+
+    def __init__(self, clock: Clock, when: float) -> None:
+        self.scope = anyio.CancelScope()
+        self.timer = clock.call_at(when, self.scope.cancel)
+
+    @property
+    def cancelled_caught(self) -> bool:
+        return self.scope.cancelled_caught
+
+    def __enter__(self) -> anyio.CancelScope:
+        return self.scope.__enter__()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        # A timer left behind would count as a sleeper on a FakeClock.
+        self.timer.cancel()
+        return bool(self.scope.__exit__(exc_type, exc, tb))
+
+
+def scope_until(clock: Clock, when: float) -> anyio.CancelScope | ClockScope:
     """A cancel scope that ``clock`` cancels once ``now() >= when``."""
     if type(clock) is MonotonicClock:
         # anyio's deadlines run on the backend's own clock (trio's is offset
         # from time.monotonic), so translate through the remaining seconds.
         remaining = max(0.0, when - time.monotonic())
         return anyio.CancelScope(deadline=anyio.current_time() + remaining)
-    scope = anyio.CancelScope()
-    clock.call_at(when, scope.cancel)
-    return scope
+    return ClockScope(clock, when)
 
 
 class _FakeTimer:
@@ -125,9 +158,9 @@ class FakeClock:
         finally:
             timer.cancel()
 
-    def deadline_scope(self, when: float) -> anyio.CancelScope:
+    def deadline_scope(self, when: float) -> ClockScope:
         """A cancel scope this clock cancels once ``now() >= when``."""
-        return scope_until(self, when)
+        return ClockScope(self, when)
 
     def advance(self, seconds: float) -> None:
         """Move time forward and run whatever has fallen due, in time order."""

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import anyio
 
-from ._clock import Clock, MonotonicClock, TimerHandle, scope_until
+from ._clock import Clock, ClockScope, MonotonicClock, TimerHandle, scope_until
 
 __all__ = [
     "RESOLUTION",
@@ -244,7 +244,7 @@ class _TaskDeadline:
 class _ScopeDeadline:
     __slots__ = ("_scope",)
 
-    def __init__(self, scope: anyio.CancelScope) -> None:
+    def __init__(self, scope: anyio.CancelScope | ClockScope) -> None:
         self._scope = scope
         scope.__enter__()
 
