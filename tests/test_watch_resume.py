@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import time
 import urllib.request
@@ -342,6 +343,26 @@ async def test_leaving_the_loop_stops_the_stream_and_every_task(
         assert event.kv.value == b"2"
         await watch.cancel()
         await others_gone(before)
+
+
+async def test_a_watch_dropped_before_any_iteration_ends_its_stream(
+    etcd_server: EtcdServer,
+) -> None:
+    async with BreakerClient(etcd_server.host, etcd_server.port) as etcd:
+        for n in range(5):
+            await etcd.watch(b"/dropped/%d" % n)
+        kept = await etcd.watch(b"/kept")
+        gc.collect()
+
+        with anyio.fail_after(HANG):
+            while etcd_watchers(etcd_server) > 1:
+                await asyncio.sleep(0.05)
+        # The watch still referenced keeps its watcher, and works.
+        await etcd.put(b"/kept", b"1")
+        with anyio.fail_after(HANG):
+            event = await anext(aiter(kept))
+
+    assert event.kv.value == b"1"
 
 
 async def test_cancelling_the_consuming_task_stops_everything(

@@ -122,6 +122,15 @@ class Watch:
 
     aclose = cancel
 
+    def __del__(self) -> None:
+        # Dropped before its first iteration: nothing else would ever end the
+        # stream it was created with, and etcd would keep its watcher.
+        stream = self._stream
+        if stream is not None:
+            self._stream = None
+            with contextlib.suppress(Exception):
+                stream.close()
+
     def _start(self, events: _Events) -> Pump:
         if self._error is not None:
             # Raised once already: a fresh copy keeps tracebacks from growing.
