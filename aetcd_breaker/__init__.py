@@ -33,6 +33,7 @@ from .core import (
 )
 from .etcd import (
     BreakerClient,
+    ClientClosedError,
     EtcdCallTimeoutError,
     EtcdCircuitOpenError,
     LeaseLostError,
@@ -52,6 +53,7 @@ __all__ = [
     "CallTimeoutError",
     "CircuitBreaker",
     "CircuitOpenError",
+    "ClientClosedError",
     "Clock",
     "ConsecutiveFailures",
     "CountWindow",

@@ -53,6 +53,7 @@ def test_namespace_exports_exactly_the_etcd_layer() -> None:
         "DEFAULT_CALL_TIMEOUT",
         "SLOW_CALL_TIMEOUT",
         "BreakerClient",
+        "ClientClosedError",
         "EtcdCallTimeoutError",
         "EtcdCircuitOpenError",
         "Lease",
@@ -61,6 +62,7 @@ def test_namespace_exports_exactly_the_etcd_layer() -> None:
         "WatchCompactedError",
         "is_etcd_failure",
         # Leases, locks, retries, fallbacks and stale reads.
+        "CLOSED",
         "EXPIRED",
         "GONE",
         "LEASE_LOST",

@@ -23,6 +23,7 @@ def test_public_names_are_exactly_the_documented_ones() -> None:
         "CallTimeoutError",
         "CircuitBreaker",
         "CircuitOpenError",
+        "ClientClosedError",
         "Clock",
         "ConsecutiveFailures",
         "CountWindow",

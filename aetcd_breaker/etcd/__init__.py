@@ -5,8 +5,10 @@ from __future__ import annotations
 from ._options import NO_FALLBACK
 from .client import DEFAULT_CALL_TIMEOUT, SLOW_CALL_TIMEOUT, BreakerClient
 from .errors import (
+    CLOSED,
     EXPIRED,
     GONE,
+    ClientClosedError,
     EtcdCallTimeoutError,
     EtcdCircuitOpenError,
     LeaseLostError,
@@ -22,6 +24,7 @@ from .stale import Stale, StaleCache, StaleGet, StaleGetRange
 from .watch import Watch
 
 __all__ = [
+    "CLOSED",
     "COUNTED_CODES",
     "COUNTED_ERRORS",
     "DEFAULT_CALL_TIMEOUT",
@@ -31,6 +34,7 @@ __all__ = [
     "NO_FALLBACK",
     "SLOW_CALL_TIMEOUT",
     "BreakerClient",
+    "ClientClosedError",
     "EtcdCallTimeoutError",
     "EtcdCircuitOpenError",
     "Lease",

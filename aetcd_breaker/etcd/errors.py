@@ -4,7 +4,8 @@ The tree, so that callers can see what to catch::
 
     aetcd.ClientError
     ├── aetcd.ConnectionFailedError
-    │   └── EtcdCircuitOpenError     rejected at once: the circuit is open
+    │   ├── EtcdCircuitOpenError     rejected at once: the circuit is open
+    │   └── ClientClosedError        the BreakerClient is closed
     ├── aetcd.ConnectionTimeoutError
     │   └── EtcdCallTimeoutError     the call ran past its deadline
     ├── aetcd.RevisionCompactedError
@@ -14,6 +15,7 @@ The tree, so that callers can see what to catch::
     BreakerError
     ├── CircuitOpenError
     │   └── EtcdCircuitOpenError
+    ├── ClientClosedError
     ├── CallTimeoutError (also TimeoutError)
     │   └── EtcdCallTimeoutError
     ├── LeaseLostError
@@ -35,8 +37,10 @@ import aetcd
 from ..core.errors import BreakerError, CallTimeoutError, CircuitOpenError
 
 __all__ = [
+    "CLOSED",
     "EXPIRED",
     "GONE",
+    "ClientClosedError",
     "EtcdCallTimeoutError",
     "EtcdCircuitOpenError",
     "LeaseLostError",
@@ -51,9 +55,13 @@ GONE: Final = "gone"
 """Why a lease was lost: etcd reports it no longer exists (revoked by someone,
 or expired on etcd's side)."""
 
+CLOSED: Final = "closed"
+"""Why a lease was lost: the BreakerClient that kept it alive was closed."""
+
 _WHY: Final = {
     EXPIRED: "no refresh got through before its time ran out",
     GONE: "etcd reports it no longer exists",
+    CLOSED: "the client keeping it alive was closed",
 }
 
 
@@ -66,12 +74,27 @@ class EtcdCallTimeoutError(CallTimeoutError, aetcd.ConnectionTimeoutError):  # t
     """An etcd call ran past its deadline; it was cancelled and counted as failed."""
 
 
+class ClientClosedError(BreakerError, aetcd.ConnectionFailedError):  # type: ignore[misc]
+    """A call was made on a closed BreakerClient; it did not reach etcd.
+
+    Open the client again with ``async with`` or ``connect()``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the BreakerClient is closed; open it again with `async with` or connect()"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), ())
+
+
 class LeaseLostError(BreakerError, aetcd.ClientError):  # type: ignore[misc]
     """A lease, or the lock that held it, is lost: its keys are gone or going.
 
     Attributes:
         lease_id: the id of the lease.
-        reason: :data:`EXPIRED` or :data:`GONE`.
+        reason: :data:`EXPIRED`, :data:`GONE` or :data:`CLOSED`.
     """
 
     def __init__(self, lease_id: int, reason: str) -> None:
