@@ -7,6 +7,11 @@ is in ``TRANSIENT_FAILURE``, the trial runs on a fresh client instead (its
 own channel, and with ``grpc.use_local_subchannel_pool`` its own backoff).
 The old client is closed once the calls still running on it have ended:
 closing a channel cancels its calls.
+
+aetcd reconnects a closed client on its next call, so closing the session
+puts a stand-in in the client's place whose calls fail at once: nothing left
+running from before the close (a clean-up, a late task) opens a channel that
+nobody would close again. Opening the session again puts the client back.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from typing import Final
 import aetcd
 import anyio
 import grpc  # type: ignore[import-untyped]
+
+from .errors import ClientClosedError
 
 __all__ = ["LOCAL_SUBCHANNEL_POOL", "Channels", "Inner", "factory_of"]
 
@@ -46,6 +53,20 @@ class Inner:
     def failing(self) -> bool:
         channel = self.client.channel
         return channel is not None and channel.get_state(False) == _FAILING
+
+
+class _Closed(aetcd.Client):  # type: ignore[misc]
+    """Stands in for the client of a closed session: every call fails at once.
+
+    aetcd's operations connect first, so refusing to connect refuses them all.
+    """
+
+    def __init__(self, previous: aetcd.Client) -> None:
+        super().__init__(previous._host, previous._port)
+        self.previous = previous
+
+    async def connect(self) -> None:
+        raise ClientClosedError
 
 
 def factory_of(client: aetcd.Client) -> Factory:
@@ -101,6 +122,16 @@ class Channels:
             self._closers.add(task)
             task.add_done_callback(self._closers.discard)
 
+    def reopen(self) -> None:
+        """Open a closed session again, on the client it had.
+
+        A new holder keeps the calls made from now on apart from the ones
+        the close cut off.
+        """
+        client = self.current.client
+        if isinstance(client, _Closed):
+            self.current = Inner(client.previous, owned=True)
+
     async def aclose(self) -> None:
         """Close every client this object owns, and wait until they are closed."""
         current = self.current
@@ -108,9 +139,7 @@ class Channels:
         self._retired.clear()
         if current.owned:
             doomed.append(current)
-            # aetcd reconnects a closed client on its next call; a new holder
-            # keeps calls made after close() apart from the ones it cut off.
-            self.current = Inner(current.client, owned=True)
+            self.current = Inner(_Closed(current.client), owned=False)
         with anyio.move_on_after(_CLOSE_TIMEOUT, shield=True):
             for inner in doomed:
                 await _close(inner)

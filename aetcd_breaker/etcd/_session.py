@@ -10,6 +10,7 @@ from threading import get_ident
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import aetcd
+import anyio
 import structlog
 
 from ..core import CircuitBreaker, InvalidSettingError, InvalidSettingTypeError
@@ -24,9 +25,10 @@ from ..core._deadline import (
 from ..core.breaker import ADMIT
 from ..core.guard import Permit
 from ._channel import Channels, Inner
-from .errors import EtcdCallTimeoutError, EtcdCircuitOpenError
+from .errors import ClientClosedError, EtcdCallTimeoutError, EtcdCircuitOpenError
 
 if TYPE_CHECKING:
+    from .leases import KeepAlive
     from .retry import Retry
     from .stale import StaleCache
 
@@ -68,6 +70,7 @@ class Session:
         "fallback",
         "fallbacks",
         "is_failure",
+        "keepers",
         "loop",
         "plain",
         "retries",
@@ -103,6 +106,8 @@ class Session:
         # never signals, so close() has to cancel them itself.
         self.creating: set[asyncio.Task[Any]] = set()
         self.aborted: set[asyncio.Task[Any]] = set()
+        # The lease keep-alives running in the background; close() ends them.
+        self.keepers: set[KeepAlive] = set()
         # The client-wide options, set by _options.configure; ``plain`` says
         # that none is in effect, so a call without options checks one flag.
         self.retry: Retry | None = None
@@ -225,6 +230,10 @@ class Session:
         if expired:
             breaker.record_failure(permit, timed_out=True)
             raise EtcdCallTimeoutError(breaker.name, seconds) from None
+        if isinstance(exc, ClientClosedError):
+            # Refused before it reached etcd: no outcome, like a rejection.
+            breaker.release(permit)
+            return
         if isinstance(exc, Exception):
             if self.counts(exc):
                 breaker.record_failure(permit)
@@ -253,7 +262,12 @@ class Session:
         breaker.release(permit)
 
     def counts(self, exc: BaseException) -> bool:
-        """Classify an error with the client's table; a broken classifier counts."""
+        """Classify an error with the client's table; a broken classifier counts.
+
+        A call refused because the session is closed never counts.
+        """
+        if isinstance(exc, ClientClosedError):
+            return False
         try:
             return bool(self.is_failure(exc))
         except Exception as error:
@@ -275,9 +289,26 @@ class Session:
             breaker.record_failure(permit)
 
     async def aclose(self) -> None:
-        """Cut off watch creations, then close the inner clients."""
-        for task in self.creating:
-            self.aborted.add(task)
-            task.cancel()
-        self.creating.clear()
-        await self.channels.aclose()
+        """End the keep-alives, cut off watch creations, close the inner clients.
+
+        From then on calls fail at once with :class:`ClientClosedError` until
+        :meth:`reopen`.
+        """
+        keepers = tuple(self.keepers)
+        self.keepers.clear()
+        try:
+            with anyio.CancelScope(shield=True):
+                # Concurrently: each may wait for a revocation to be answered.
+                async with anyio.create_task_group() as group:
+                    for keeper in keepers:
+                        group.start_soon(keeper.end_with_session)
+        finally:
+            for task in self.creating:
+                self.aborted.add(task)
+                task.cancel()
+            self.creating.clear()
+            await self.channels.aclose()
+
+    def reopen(self) -> None:
+        """Let calls through again after :meth:`aclose`."""
+        self.channels.reopen()

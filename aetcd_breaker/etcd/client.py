@@ -59,7 +59,8 @@ class BreakerClient(KeyOps, ClusterOps):
     client. After an outage, a half-open trial whose channel is still failing
     runs on a fresh channel, so recovery does not wait out gRPC's reconnect
     backoff (see :attr:`reconnects`). Use ``async with`` to close the
-    session, or call :meth:`close`.
+    session, or call :meth:`close`; ``async with`` (or :meth:`connect`)
+    opens a closed one again.
     """
 
     __slots__ = ("_session", "transactions")
@@ -188,20 +189,30 @@ class BreakerClient(KeyOps, ClusterOps):
 
         Like aetcd's, it makes no network call, so it is not guarded: the
         first real call is the first contact with etcd. Calls connect by
-        themselves; this exists for code written against aetcd.
+        themselves; this exists for code written against aetcd, and to open
+        the client again after :meth:`close`.
         """
+        self._session.reopen()
         await self._session.channels.current.client.connect()
 
     async def close(self) -> None:
-        """Close the session; calls and watches still running end at once.
+        """Close the session; calls, watches and keep-alives running end at once.
 
         Calls cut off by the close raise ``aetcd.ConnectionFailedError``
-        without counting; watches end their iteration. A call made after
-        ``close()`` opens a new session, as with aetcd.
+        without counting; watches end their iteration. The lease keepers and
+        locks of this client stop refreshing and report their leases lost
+        with the reason :data:`CLOSED`; those they would revoke on exit are
+        revoked if etcd answers within a second, the others expire by their
+        TTL. Unlike aetcd's, a closed client does not reconnect by itself:
+        a call made after ``close()`` raises :class:`ClientClosedError` at
+        once, uncounted, until ``async with`` or :meth:`connect` opens the
+        client again. A client wrapped with ``close_client=False`` stays
+        usable: its aetcd client is yours.
         """
         await self._session.aclose()
 
     async def __aenter__(self) -> Self:
+        self._session.reopen()
         return self
 
     async def __aexit__(

@@ -19,11 +19,16 @@ was sent plus the TTL etcd answered: past it, etcd may have let it go.
   rely on it any more) or when etcd answers TTL 0 (``gone``). The keeper
   stops; the lease's ``lost`` is set, its hooks run, ``aetcd_breaker.lease_lost``
   is logged once, and every later use raises :class:`LeaseLostError`.
+- Closing the client ends every keeper it runs, revokes the leases they
+  would revoke on exit (waiting at most a second for etcd's answer; when it
+  does not come, the lease expires by its TTL), and reports them lost
+  (``closed``): nothing keeps them alive any more.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Final
@@ -34,7 +39,7 @@ from ..core import CircuitOpenError
 from ..core._clock import scope_until
 from . import _ops as ops
 from ._connection import check_hook, check_ttl
-from .errors import EXPIRED, GONE, LeaseLostError
+from .errors import CLOSED, EXPIRED, GONE, ClientClosedError, LeaseLostError
 
 if TYPE_CHECKING:
     from ._lease_ops import LeaseOps
@@ -47,6 +52,8 @@ LostHook = Callable[[LeaseLostError], object]
 
 # The first pause after a failed refresh; it doubles up to a sixth of the TTL.
 _FIRST_PAUSE: Final = 0.1
+# How long closing the client waits for etcd to answer a keeper's revocation.
+_CLOSE_REVOKE: Final = 1.0
 
 
 async def grant(
@@ -81,6 +88,10 @@ async def _refresh(
                         await session.breaker.wait_ready()
                     continue
                 reply = await session.direct(ops.REFRESH_LEASE, seconds, lease.id)
+        except ClientClosedError:
+            # Started as the client closed: nothing may keep the lease now.
+            lease._lose(CLOSED)
+            return None
         except Exception:
             failures += 1
             pause = min(_FIRST_PAUSE * 2 ** (failures - 1), ttl / 6)
@@ -93,21 +104,36 @@ async def _refresh(
 
 
 class KeepAlive:
-    """The background task that keeps one lease alive until stopped or lost."""
+    """The background task that keeps one lease alive until stopped or lost.
 
-    __slots__ = ("_expires", "_lease", "_session", "_task", "_ttl")
+    It belongs to the session: closing the client ends it
+    (:meth:`end_with_session`), and revokes the lease if ``revoke`` says so.
+    """
+
+    __slots__ = ("_expires", "_lease", "_revoke", "_session", "_task", "_ttl")
 
     def __init__(
-        self, lease: Lease, session: Session, expires: float, ttl: float
+        self,
+        lease: Lease,
+        session: Session,
+        expires: float,
+        ttl: float,
+        *,
+        revoke: bool = True,
     ) -> None:
         self._lease = lease
         self._session = session
         self._expires = expires
         self._ttl = ttl
+        self._revoke = revoke
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        task = asyncio.get_running_loop().create_task(self._run())
+        self._task = task
+        keepers = self._session.keepers
+        keepers.add(self)
+        task.add_done_callback(lambda _: keepers.discard(self))
 
     async def _run(self) -> None:
         clock = self._session.clock
@@ -124,11 +150,25 @@ class KeepAlive:
         task, self._task = self._task, None
         if task is None:
             return
+        self._session.keepers.discard(self)
         task.cancel()
         with anyio.CancelScope(shield=True):
             await asyncio.wait({task})
         if not task.cancelled():
             task.result()
+
+    async def end_with_session(self) -> None:
+        """The client is closing: stop, revoke if asked, report the lease lost."""
+        await self.stop()
+        lease = self._lease
+        if lease.lost_reason is not None or lease._released:
+            return
+        if self._revoke:
+            seconds = min(self._session.timeout, _CLOSE_REVOKE)
+            # Quiet: when etcd cannot answer in time, the lease expires.
+            with contextlib.suppress(Exception):
+                await self._session.call(ops.REVOKE_LEASE, seconds, lease.id)
+        lease._lose(CLOSED)
 
 
 class LeaseKeeper:
@@ -201,7 +241,7 @@ class LeaseKeeper:
             self._hook = lambda _: scope.cancel()
             lease._hooks.append(self._hook)
             scope.__enter__()
-        self._keeping = KeepAlive(lease, session, expires, ttl)
+        self._keeping = KeepAlive(lease, session, expires, ttl, revoke=self._revoke)
         self._keeping.start()
         return lease
 
@@ -232,9 +272,10 @@ async def revoke_quietly(lease: Lease, call_timeout: float | None) -> None:
     """Revoke a lease that is no longer needed, if etcd may still hold it.
 
     Shielded from the caller's cancellation, and quiet: when etcd cannot be
-    reached the lease expires by itself within its TTL.
+    reached the lease expires by itself within its TTL. A lease lost to the
+    client's close was revoked then, if it could be.
     """
-    if lease.lost_reason == GONE or lease._released:
+    if lease.lost_reason in (GONE, CLOSED) or lease._released:
         return
     with anyio.CancelScope(shield=True):
         try:

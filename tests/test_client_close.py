@@ -1,0 +1,239 @@
+"""Closing a BreakerClient against a real etcd: nothing it started runs on."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aetcd
+import anyio
+import pytest
+from structlog.testing import capture_logs
+
+from aetcd_breaker.etcd import (
+    CLOSED,
+    LEASE_LOST,
+    BreakerClient,
+    ClientClosedError,
+    LeaseLostError,
+)
+from aetcd_breaker.testing import EtcdServer, FaultProxy
+
+pytestmark = [pytest.mark.anyio, pytest.mark.etcd]
+
+# Bounds that only turn a hang into a failure; no test relies on them.
+HANG = 20.0
+TTL = 2
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="module", autouse=True)
+async def one_event_loop() -> AsyncIterator[None]:
+    """One loop for the module: gRPC may complete a closed call late."""
+    yield
+    await anyio.sleep(0.1)
+
+
+@pytest.fixture
+async def proxy(etcd_server_session: EtcdServer) -> AsyncIterator[FaultProxy]:
+    """A pass-through proxy: it counts the requests and connections to etcd."""
+    server = etcd_server_session
+    async with FaultProxy(server.host, server.port) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+async def other(etcd_server_session: EtcdServer) -> AsyncIterator[BreakerClient]:
+    """Another party, straight to etcd, open for the whole test."""
+    server = etcd_server_session
+    async with BreakerClient(server.host, server.port, call_timeout=2) as client:
+        yield client
+
+
+def client_of(proxy: FaultProxy, **kwargs: Any) -> BreakerClient:
+    return BreakerClient(proxy.host, proxy.port, call_timeout=2, **kwargs)
+
+
+async def connections_gone(proxy: FaultProxy) -> bool:
+    """Whether every connection through ``proxy`` closes within a second."""
+    with anyio.move_on_after(1.0):
+        while proxy.connections:
+            await anyio.sleep(0.01)
+    return proxy.connections == 0
+
+
+async def finish(task: Any) -> None:
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
+
+
+async def test_closing_revokes_a_kept_lease_and_no_refresh_follows(
+    proxy: FaultProxy, other: BreakerClient
+) -> None:
+    told: list[LeaseLostError] = []
+    ready = anyio.Event()
+    kept: list[Any] = []
+
+    async def keep(etcd: BreakerClient) -> None:
+        async with etcd.lease_keeper(TTL, on_lost=told.append) as lease:
+            kept.append(lease)
+            await etcd.put(b"/close/kept", b"v", lease=lease)
+            ready.set()
+            await anyio.sleep_forever()
+
+    with anyio.fail_after(HANG):
+        etcd = client_of(proxy)
+        async with etcd:
+            task = asyncio.create_task(keep(etcd))
+            await ready.wait()
+            with capture_logs() as logs:
+                await etcd.close()
+        sent = proxy.requests
+
+        assert logs == [
+            {
+                "event": LEASE_LOST,
+                "log_level": "warning",
+                "breaker": "etcd",
+                "lease_id": kept[0].id,
+                "reason": CLOSED,
+            }
+        ]
+        assert await other.get(b"/close/kept") is None
+        assert (await other.get_lease_info(kept[0].id)).TTL == -1
+        assert [error.reason for error in told] == [CLOSED]
+        # Past the time of the keeper's next refresh: none was sent.
+        await anyio.sleep(TTL)
+        assert proxy.requests == sent
+        assert await connections_gone(proxy)
+
+        # Leaving the keeper's block after the close reaches no etcd either.
+        await finish(task)
+        assert proxy.requests == sent
+        assert await connections_gone(proxy)
+
+
+async def test_closing_frees_a_held_lock_at_once_and_reports_it_lost(
+    proxy: FaultProxy, other: BreakerClient
+) -> None:
+    told: list[LeaseLostError] = []
+    ready = anyio.Event()
+
+    async def hold(etcd: BreakerClient) -> None:
+        async with etcd.lock(b"/close/lock", ttl=30, on_lost=told.append):
+            ready.set()
+            await anyio.sleep_forever()
+
+    with anyio.fail_after(HANG):
+        etcd = client_of(proxy)
+        async with etcd:
+            task = asyncio.create_task(hold(etcd))
+            await ready.wait()
+        sent = proxy.requests
+
+        successor = other.lock(b"/close/lock", ttl=5, timeout=0)
+        assert await successor.acquire()
+        await successor.release()
+        assert [error.reason for error in told] == [CLOSED]
+
+        # The block's release after the close reaches no etcd.
+        await finish(task)
+        assert proxy.requests == sent
+        assert await connections_gone(proxy)
+
+
+async def test_a_lock_waiter_cut_off_by_closing_leaves_no_channel_behind(
+    proxy: FaultProxy, other: BreakerClient
+) -> None:
+    holder = other.lock(b"/close/wait", ttl=30)
+    assert await holder.acquire()
+    try:
+        with anyio.fail_after(HANG):
+            etcd = client_of(proxy)
+            waiter = etcd.lock(b"/close/wait", ttl=10, timeout=None)
+            async with etcd:
+                task = asyncio.create_task(waiter.acquire())
+                # Its grant, its attempt, and the watch on the holder.
+                await proxy.wait_for_requests(3)
+            sent = proxy.requests
+
+            with pytest.raises(aetcd.ConnectionFailedError):
+                await task
+            assert proxy.requests == sent
+            assert await connections_gone(proxy)
+            assert waiter.lease is None
+            assert etcd._session.keepers == set()
+    finally:
+        await holder.release()
+
+
+async def test_a_call_after_close_fails_at_once_uncounted_until_reopened(
+    proxy: FaultProxy,
+) -> None:
+    with anyio.fail_after(HANG):
+        etcd = client_of(proxy)
+        async with etcd:
+            await etcd.put(b"/close/call", b"v")
+        before = etcd.breaker.metrics()
+        sent = proxy.requests
+
+        with pytest.raises(ClientClosedError):
+            await etcd.get(b"/close/call")
+        with pytest.raises(ClientClosedError):
+            await etcd.get(b"/close/call", retry=True, fallback=b"fallback")
+        with pytest.raises(ClientClosedError):
+            await etcd.watch(b"/close/call")
+        with pytest.raises(ClientClosedError):
+            async with etcd.lease_keeper(TTL):
+                pass
+
+        metrics = etcd.breaker.metrics()
+        assert (metrics.calls, metrics.rejected) == (before.calls, before.rejected)
+        assert etcd.retries == etcd.fallbacks == 0
+        assert proxy.requests == sent
+        assert await connections_gone(proxy)
+
+        async with etcd:
+            found = await etcd.get(b"/close/call")
+        assert found is not None and found.value == b"v"
+        await etcd.connect()
+        assert await etcd.get(b"/close/call") is not None
+        await etcd.close()
+
+
+async def test_closing_stops_keeping_a_lease_it_must_not_revoke(
+    proxy: FaultProxy, other: BreakerClient
+) -> None:
+    told: list[LeaseLostError] = []
+    ready = anyio.Event()
+
+    async def keep(etcd: BreakerClient) -> None:
+        lease = await etcd.lease(TTL)
+        kept.append(lease)
+        async with lease.keep_alive(on_lost=told.append):
+            ready.set()
+            await anyio.sleep_forever()
+
+    kept: list[Any] = []
+    with anyio.fail_after(HANG):
+        etcd = client_of(proxy)
+        async with etcd:
+            task = asyncio.create_task(keep(etcd))
+            await ready.wait()
+        sent = proxy.requests
+
+        assert (await other.get_lease_info(kept[0].id)).TTL > 0
+        assert [error.reason for error in told] == [CLOSED]
+        await finish(task)
+        # Not refreshed any more: etcd lets it expire by its TTL.
+        with anyio.fail_after(TTL + 2):
+            while (await other.get_lease_info(kept[0].id)).TTL != -1:
+                await anyio.sleep(0.1)
+        assert proxy.requests == sent
