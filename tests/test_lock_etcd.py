@@ -219,3 +219,34 @@ async def test_a_lock_object_is_not_acquired_twice(
                 again = await lock.is_acquired()
 
     assert again
+
+
+async def test_a_lock_object_refuses_a_second_acquire_while_acquiring(
+    etcd_server_session: EtcdServer, raw: aetcd.Client
+) -> None:
+    server = etcd_server_session
+    before = await lease_ids(raw)
+    async with (
+        client_of(server) as other,
+        FaultProxy(server.host, server.port) as proxy,
+        client_of(proxy) as etcd,
+    ):
+        holder = other.lock(b"/lock/shared", ttl=30)
+        assert await holder.acquire()
+        lock = etcd.lock(b"/lock/shared", ttl=30)
+        async with anyio.create_task_group() as group:
+            group.start_soon(lock.acquire, HANG)
+            # A lease, a transaction and a watch: the first acquisition waits.
+            await proxy.wait_for_requests(3)
+            with pytest.raises(RuntimeError, match="being acquired"):
+                await lock.acquire()
+            assert await holder.release()
+        assert lock.lease is not None
+        lease_id = lock.lease.id
+        during = await lease_ids(raw)
+        assert await lock.release()
+        after = await lease_ids(raw)
+
+    # Leases of other tests may expire meanwhile; only ours may appear.
+    assert during - before == {lease_id}
+    assert after <= before

@@ -67,6 +67,7 @@ class Lock:
     """
 
     __slots__ = (
+        "_busy",
         "_cancel_on_lost",
         "_client",
         "_event",
@@ -105,6 +106,8 @@ class Lock:
         self._on_lost = check_hook(on_lost)
         self._cancel_on_lost = cancel_on_lost
         self._granting: int | None = None
+        # Acquiring or releasing: the lease and keeper are in flux.
+        self._busy = False
         self._held = False
         self._keeping: KeepAlive | None = None
         self._event: anyio.Event | None = None
@@ -143,16 +146,25 @@ class Lock:
         once). Errors of etcd and rejections by the breaker are raised.
         """
         timeout = self.timeout if timeout is _LOCK_TIMEOUT else check_wait(timeout)
-        if self._held:
-            raise RuntimeError(f"lock {self.key!r} is already held by this object")
+        if self._held or self._busy:
+            # A second acquisition would share, and then revoke or orphan,
+            # the lease and keeper of the first.
+            raise RuntimeError(
+                f"lock {self.key!r} is already held, or being acquired or "
+                "released, by this object"
+            )
         clock = self._client._session.clock
         give_up = None if timeout is None else clock.now() + timeout
         acquired = False
+        self._busy = True
         try:
             acquired = await self._attempts(give_up, call_timeout)
         finally:
-            if not acquired:
-                await self._abandon(call_timeout)
+            try:
+                if not acquired:
+                    await self._abandon(call_timeout)
+            finally:
+                self._busy = False
         return acquired
 
     def _seconds(self, call_timeout: float | None, give_up: float | None) -> float:
@@ -262,6 +274,7 @@ class Lock:
         The lease is revoked too (quietly: if etcd is away it expires).
         """
         self._held = False
+        self._busy = True
         txn = self._client.transactions
         try:
             succeeded, _ = await self._client._session.call(
@@ -272,7 +285,10 @@ class Lock:
                 [],
             )
         finally:
-            await self._abandon(call_timeout)
+            try:
+                await self._abandon(call_timeout)
+            finally:
+                self._busy = False
         return bool(succeeded)
 
     async def refresh(self, *, call_timeout: float | None = None) -> Any:
