@@ -13,6 +13,7 @@ from aetcd import rpc
 
 from aetcd_breaker.core import CircuitBreaker
 from aetcd_breaker.etcd import (
+    EXPIRED,
     GONE,
     BreakerClient,
     EtcdCircuitOpenError,
@@ -250,3 +251,34 @@ async def test_a_lock_object_refuses_a_second_acquire_while_acquiring(
     # Leases of other tests may expire meanwhile; only ours may appear.
     assert during - before == {lease_id}
     assert after <= before
+
+
+async def test_a_lease_lost_while_the_acquiring_transaction_runs_is_not_entered(
+    etcd_server_session: EtcdServer, raw: aetcd.Client
+) -> None:
+    server = etcd_server_session
+    breaker = CircuitBreaker(name="etcd", failure_threshold=100)
+    told: list[LeaseLostError] = []
+    entered = False
+    async with (
+        FaultProxy(server.host, server.port) as proxy,
+        client_of(proxy, breaker=breaker, call_timeout=5.0) as etcd,
+    ):
+        await etcd.get(b"/lock/slow-probe")
+        # Each call takes 2 s: the grant answers with 1 s of its 3 s left, the
+        # keeper's refresh runs out with it, the transaction lands after that.
+        proxy.delay(1.0)
+        lock = etcd.lock(
+            b"/lock/slow", ttl=3, timeout=HANG, on_lost=told.append, cancel_on_lost=True
+        )
+        with pytest.raises(LeaseLostError) as info:
+            async with lock:
+                entered = True
+        proxy.pass_through()
+        found = await raw.get(b"/lock/slow")
+
+    assert not entered
+    assert info.value.reason == EXPIRED
+    # The key went with the lease it was bound to.
+    assert found is None
+    assert lock.lease is None and lock.lost_reason is None and told == []

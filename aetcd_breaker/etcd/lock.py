@@ -13,7 +13,9 @@ grants a lease on every attempt that it never revokes. This one:
   is a guarded call, waiting is not, so a long wait never trips the breaker
   (a watch that fails because etcd went away is counted, and raised);
 - releases by deleting the key only while it still holds its uuid;
-- reports a lost lease at once, as :class:`LeaseKeeper` does.
+- reports a lost lease at once, as :class:`LeaseKeeper` does, and fails an
+  acquisition whose lease is lost before it holds (also when the loss came
+  while its transaction was on the way).
 
 Its calls go through the session without the client-wide options: a lock
 must never act on a stale read or a fallback.
@@ -143,7 +145,8 @@ class Lock:
 
         ``timeout`` (by default the lock's own) bounds the whole acquisition,
         calls included; the first attempt is always made (``timeout=0`` tries
-        once). Errors of etcd and rejections by the breaker are raised.
+        once). Errors of etcd and rejections by the breaker are raised, and
+        :class:`LeaseLostError` when the lease is lost before the lock holds.
         """
         timeout = self.timeout if timeout is _LOCK_TIMEOUT else check_wait(timeout)
         if self._held or self._busy:
@@ -237,6 +240,11 @@ class Lock:
             await wait_for_delete(session, self.key, start_revision, seconds, give_up)
 
     def _hold(self) -> bool:
+        # The keeper may have given the lease up while the transaction was on
+        # its way: the key is then bound to a lease nobody can rely on, and
+        # the lock is not held (abandoning revokes the lease, and the key).
+        assert self.lease is not None
+        self.lease.check()
         self._held = True
         self._lost = None
         self._event = None
