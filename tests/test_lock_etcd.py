@@ -282,3 +282,26 @@ async def test_a_lease_lost_while_the_acquiring_transaction_runs_is_not_entered(
     # The key went with the lease it was bound to.
     assert found is None
     assert lock.lease is None and lock.lost_reason is None and told == []
+
+
+async def test_a_call_cut_short_by_the_lock_timeout_is_no_etcd_failure(
+    etcd_server_session: EtcdServer,
+) -> None:
+    server = etcd_server_session
+    breaker = CircuitBreaker(name="etcd", failure_threshold=1)
+    async with (
+        FaultProxy(server.host, server.port) as proxy,
+        client_of(proxy, breaker=breaker, call_timeout=HANG) as etcd,
+    ):
+        await etcd.get(b"/lock/cut-probe")
+        # Slow but healthy: each call takes 1 s, longer than the lock's time.
+        proxy.delay(0.5)
+        lock = etcd.lock(b"/lock/cut", ttl=10, timeout=0.3)
+        acquired = await lock.acquire()
+        with pytest.raises(LockNotAcquiredError):
+            async with lock:
+                pass
+        metrics = breaker.metrics()
+
+    assert acquired is False
+    assert (metrics.state, metrics.failures) == ("closed", 0)

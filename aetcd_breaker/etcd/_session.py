@@ -64,6 +64,7 @@ class Session:
     __slots__ = (
         "aborted",
         "breaker",
+        "budgeted",
         "channels",
         "clock",
         "creating",
@@ -108,6 +109,9 @@ class Session:
         self.aborted: set[asyncio.Task[Any]] = set()
         # The lease keep-alives running in the background; close() ends them.
         self.keepers: set[KeepAlive] = set()
+        # Tasks whose call runs under a deadline cut to their own time budget
+        # (a lock's timeout): its expiry says nothing about etcd.
+        self.budgeted: set[asyncio.Task[Any]] = set()
         # The client-wide options, set by _options.configure; ``plain`` says
         # that none is in effect, so a call without options checks one flag.
         self.retry: Retry | None = None
@@ -224,11 +228,15 @@ class Session:
         """Record how a call ended, and raise what the caller should see.
 
         ``expired`` says that the call's deadline, and nothing else, ended
-        it; ``exc`` is what the call raised.
+        it; ``exc`` is what the call raised. A deadline that was the task's
+        own time budget (``budgeted``) expiring is no outcome.
         """
         breaker = self.breaker
         if expired:
-            breaker.record_failure(permit, timed_out=True)
+            if self.budgeted and asyncio.current_task() in self.budgeted:
+                breaker.release(permit)
+            else:
+                breaker.record_failure(permit, timed_out=True)
             raise EtcdCallTimeoutError(breaker.name, seconds) from None
         if isinstance(exc, ClientClosedError):
             # Refused before it reached etcd: no outcome, like a rejection.

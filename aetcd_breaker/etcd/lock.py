@@ -23,9 +23,11 @@ must never act on a stale read or a fallback.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
 import uuid
+from collections.abc import Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self
 
@@ -37,11 +39,12 @@ from . import _ops as ops
 from ._connection import check_hook, check_ttl, check_wait
 from ._holder import wait_for_delete
 from ._session import check_timeout
-from .errors import LeaseLostError, LockNotAcquiredError
+from .errors import EtcdCallTimeoutError, LeaseLostError, LockNotAcquiredError
 from .leases import KeepAlive, LostHook, revoke_quietly
 from .objects import Lease
 
 if TYPE_CHECKING:
+    from ._session import Session
     from .client import BreakerClient
 
 __all__ = ["Lock"]
@@ -53,6 +56,32 @@ _ID_BITS: Final = 62
 
 
 _LOCK_TIMEOUT: Any = object()
+
+
+class _OutOfTime(Exception):
+    """The lock's timeout ran out during a call that it had cut short."""
+
+
+@contextlib.contextmanager
+def _cut_short(session: Session, cut: bool) -> Iterator[None]:
+    """Run the block's calls on the lock's time when ``cut``.
+
+    Their deadline is then what is left of the lock's timeout, shorter than
+    the call timeout: its expiry says that the lock ran out of time, not that
+    etcd failed, so the session records no outcome and the lock gives up.
+    """
+    if not cut:
+        yield
+        return
+    task = asyncio.current_task()
+    assert task is not None
+    session.budgeted.add(task)
+    try:
+        yield
+    except EtcdCallTimeoutError:
+        raise _OutOfTime from None
+    finally:
+        session.budgeted.discard(task)
 
 
 class Lock:
@@ -162,6 +191,8 @@ class Lock:
         self._busy = True
         try:
             acquired = await self._attempts(give_up, call_timeout)
+        except _OutOfTime:
+            pass
         finally:
             try:
                 if not acquired:
@@ -170,15 +201,20 @@ class Lock:
                 self._busy = False
         return acquired
 
-    def _seconds(self, call_timeout: float | None, give_up: float | None) -> float:
-        """A call's deadline, cut to the time left (0: no time left)."""
+    def _seconds(
+        self, call_timeout: float | None, give_up: float | None
+    ) -> tuple[float, bool]:
+        """A call's deadline, cut to the time left (0: no time left); cut?"""
         session = self._client._session
         seconds = (
             session.timeout if call_timeout is None else check_timeout(call_timeout)
         )
         if give_up is None:
-            return seconds
-        return max(0.0, min(seconds, give_up - session.clock.now()))
+            return seconds, False
+        left = give_up - session.clock.now()
+        if left < seconds:
+            return max(0.0, left), True
+        return seconds, False
 
     async def _attempts(
         self, give_up: float | None, call_timeout: float | None
@@ -186,23 +222,25 @@ class Lock:
         session = self._client._session
         first = True
         while True:
-            seconds = self._seconds(call_timeout, give_up)
+            seconds, cut = self._seconds(call_timeout, give_up)
             if seconds == 0:
                 if not first:
                     return False
-                seconds = self._seconds(call_timeout, None)
+                seconds, cut = self._seconds(call_timeout, None)
             if self.lease is None:
-                await self._grant(seconds)
+                with _cut_short(session, cut):
+                    await self._grant(seconds)
                 continue
             self.lease.check()
             txn = self._client.transactions
-            succeeded, responses = await session.call(
-                ops.TRANSACTION,
-                seconds,
-                [txn.create(self.key) == 0],
-                [txn.put(self.key, self.uuid, lease=self.lease.id)],
-                [txn.get(self.key)],
-            )
+            with _cut_short(session, cut):
+                succeeded, responses = await session.call(
+                    ops.TRANSACTION,
+                    seconds,
+                    [txn.create(self.key) == 0],
+                    [txn.put(self.key, self.uuid, lease=self.lease.id)],
+                    [txn.get(self.key)],
+                )
             first = False
             if succeeded:
                 self.revision = responses[0].response_put.header.revision
@@ -234,10 +272,13 @@ class Lock:
     async def _wait(
         self, start_revision: int, give_up: float | None, call_timeout: float | None
     ) -> None:
-        seconds = self._seconds(call_timeout, give_up)
+        seconds, cut = self._seconds(call_timeout, give_up)
         if seconds:
             session = self._client._session
-            await wait_for_delete(session, self.key, start_revision, seconds, give_up)
+            with _cut_short(session, cut):
+                await wait_for_delete(
+                    session, self.key, start_revision, seconds, give_up
+                )
 
     def _hold(self) -> bool:
         # The keeper may have given the lease up while the transaction was on
