@@ -62,6 +62,27 @@ async def lease_ids(raw: aetcd.Client) -> set[int]:
     return {lease.ID for lease in found.leases}
 
 
+async def leases_back_to(raw: aetcd.Client, before: set[int]) -> set[int]:
+    """The leases once none but those of ``before`` is left.
+
+    A lock whose acquisition ended revokes its lease in the background;
+    with a TTL longer than HANG, only that revoke can make the lease go.
+    """
+    with anyio.fail_after(HANG):
+        while not (now := await lease_ids(raw)) <= before:
+            await anyio.sleep(0.05)
+    return now
+
+
+async def lease_gone(raw: aetcd.Client, lease_id: int) -> bool:
+    """Whether the lease went within HANG (see :func:`leases_back_to`)."""
+    with anyio.move_on_after(HANG):
+        while lease_id in await lease_ids(raw):
+            await anyio.sleep(0.05)
+        return True
+    return False
+
+
 async def test_second_contender_waits_for_the_holder_without_counting_it(
     etcd_server_session: EtcdServer, raw: aetcd.Client
 ) -> None:
@@ -102,13 +123,13 @@ async def test_acquire_that_times_out_leaks_no_lease(
             assert held.lease is not None
             held_id = held.lease.id
             before = await lease_ids(raw)
-            contender = etcd.lock(b"/lock/timeout", ttl=10, timeout=0.3)
+            contender = etcd.lock(b"/lock/timeout", ttl=60, timeout=0.3)
             acquired = await contender.acquire(timeout=0.3)
             entered = False
             with pytest.raises(LockNotAcquiredError) as info:
                 async with contender:
                     entered = True
-            during = await lease_ids(raw)
+            during = await leases_back_to(raw, before)
         after = await lease_ids(raw)
         failures = etcd.breaker.metrics().failures
 
@@ -305,3 +326,82 @@ async def test_a_call_cut_short_by_the_lock_timeout_is_no_etcd_failure(
 
     assert acquired is False
     assert (metrics.state, metrics.failures) == ("closed", 0)
+
+
+async def test_the_lock_timeout_bounds_the_clean_up_in_a_partition(
+    etcd_server_session: EtcdServer, raw: aetcd.Client
+) -> None:
+    server = etcd_server_session
+    async with (
+        client_of(server) as other,
+        FaultProxy(server.host, server.port) as proxy,
+        # Calls that would outlast HANG: only the lock's timeout can end them.
+        client_of(proxy, call_timeout=HANG * 3) as etcd,
+    ):
+        await etcd.get(b"/lock/partition-probe")
+        proxy.black_hole()
+        # A shielded clean-up would not be cut by the bound: check it fired.
+        with anyio.move_on_after(HANG) as first, pytest.raises(LockNotAcquiredError):
+            async with etcd.lock(b"/lock/partition", ttl=5, timeout=0.5):
+                pass
+
+        proxy.pass_through()
+        holder = other.lock(b"/lock/partition", ttl=60)
+        assert await holder.acquire()
+        waiter = etcd.lock(b"/lock/partition", ttl=60)
+        requests = proxy.requests
+        async with anyio.create_task_group() as group:
+
+            async def wait() -> None:
+                with anyio.move_on_after(HANG) as bound:
+                    acquired.append(await waiter.acquire(timeout=1))
+                acquired.append(bound.cancel_called)
+
+            acquired: list[bool] = []
+            group.start_soon(wait)
+            # A lease, a transaction and a watch: the waiter waits; then the
+            # partition comes.
+            await proxy.wait_for_requests(requests + 3)
+            assert waiter.lease is not None
+            lease_id = waiter.lease.id
+            proxy.black_hole()
+        assert acquired == [False, False]
+
+        # The revoke, held up by the partition, goes on once it heals. (The
+        # first lock's grant, cut off unanswered, may reach etcd after its
+        # revoke: that lease is left to its TTL.)
+        proxy.pass_through()
+        assert await holder.release()
+        gone = await lease_gone(raw, lease_id)
+
+    assert not first.cancel_called
+    assert gone
+
+
+async def test_a_cancelled_acquire_returns_at_once_in_a_partition(
+    etcd_server_session: EtcdServer, raw: aetcd.Client
+) -> None:
+    server = etcd_server_session
+    async with (
+        client_of(server) as other,
+        FaultProxy(server.host, server.port) as proxy,
+        client_of(proxy, call_timeout=HANG * 3) as etcd,
+    ):
+        holder = other.lock(b"/lock/cancelled", ttl=60)
+        assert await holder.acquire()
+        waiter = etcd.lock(b"/lock/cancelled", ttl=60, timeout=None)
+        with anyio.fail_after(HANG):
+            async with anyio.create_task_group() as group:
+                group.start_soon(waiter.acquire)
+                await proxy.wait_for_requests(3)
+                assert waiter.lease is not None
+                lease_id = waiter.lease.id
+                proxy.black_hole()
+                group.cancel_scope.cancel()
+
+        # The revoke, held up by the partition, goes on once it heals.
+        proxy.pass_through()
+        assert await holder.release()
+        gone = await lease_gone(raw, lease_id)
+
+    assert gone

@@ -6,7 +6,9 @@ grants a lease on every attempt that it never revokes. This one:
 - grants one lease per acquisition, with an id it picks itself, and keeps it
   alive while it waits and while it holds; an acquisition that gives up,
   fails or is cancelled revokes that id, even when the grant's answer never
-  arrived (if etcd cannot be reached, the lease expires within its TTL);
+  arrived, waiting for the revoke only within its timeout (the revoke goes
+  on in the background; if etcd cannot be reached, the lease expires within
+  its TTL);
 - makes each attempt one transaction: put its uuid if the key does not
   exist, else read the holder (finding its own uuid there means it holds);
 - waits for the holder's delete event with a watch of its own: creating it
@@ -35,6 +37,7 @@ import aetcd
 import anyio
 
 from ..core import CircuitOpenError
+from ..core._clock import scope_until
 from . import _ops as ops
 from ._connection import check_hook, check_ttl, check_wait
 from ._holder import wait_for_delete
@@ -56,6 +59,10 @@ _ID_BITS: Final = 62
 
 
 _LOCK_TIMEOUT: Any = object()
+
+# Revokes that outlived the acquisition that started them; the loop keeps
+# only a weak reference to a task.
+_revoking: set[asyncio.Task[None]] = set()
 
 
 class _OutOfTime(Exception):
@@ -188,15 +195,21 @@ class Lock:
         clock = self._client._session.clock
         give_up = None if timeout is None else clock.now() + timeout
         acquired = False
+        waits = True
         self._busy = True
         try:
             acquired = await self._attempts(give_up, call_timeout)
         except _OutOfTime:
             pass
+        except asyncio.CancelledError:
+            # asyncio delivers a cancellation once: a wait for the revoke
+            # would not be cut short, so a cancelled acquisition waits none.
+            waits = False
+            raise
         finally:
             try:
                 if not acquired:
-                    await self._abandon(call_timeout)
+                    await self._abandon(call_timeout, give_up, wait=waits)
             finally:
                 self._busy = False
         return acquired
@@ -304,8 +317,20 @@ class Lock:
         if self._on_lost is not None:
             self._on_lost(error)
 
-    async def _abandon(self, call_timeout: float | None) -> None:
-        """Stop keeping the lease and revoke it, if it may exist."""
+    async def _abandon(
+        self,
+        call_timeout: float | None,
+        give_up: float | None = None,
+        *,
+        wait: bool = True,
+    ) -> None:
+        """Stop keeping the lease and revoke it, if it may exist.
+
+        The revoke is a task of its own, waited for (if ``wait``) until
+        ``give_up``, since the lock's timeout bounds its clean-up too, or
+        until the caller is cancelled; then it goes on alone. If etcd cannot
+        be reached, the lease expires within its TTL.
+        """
         keeping, self._keeping = self._keeping, None
         if keeping is not None:
             await keeping.stop()
@@ -314,8 +339,20 @@ class Lock:
         if lease is None and lease_id is not None:
             # The grant may have reached etcd even though its answer did not.
             lease = Lease(lease_id, self.ttl, self._client)
-        if lease is not None:
-            await revoke_quietly(lease, call_timeout)
+        if lease is None:
+            return
+        revoking = asyncio.get_running_loop().create_task(
+            revoke_quietly(lease, call_timeout)
+        )
+        _revoking.add(revoking)
+        revoking.add_done_callback(_revoking.discard)
+        if not wait:
+            return
+        scope = anyio.CancelScope()
+        if give_up is not None:
+            scope = scope_until(self._client._session.clock, give_up)
+        with scope:
+            await asyncio.shield(revoking)
 
     async def release(self, *, call_timeout: float | None = None) -> bool:
         """Let go; ``True`` if the key still held this lock and was deleted.
