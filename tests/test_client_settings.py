@@ -31,6 +31,8 @@ BAD_ARGUMENTS: list[tuple[dict[str, Any], type[BreakerError], str]] = [
     # Past about 9.2e9 s gRPC's deadline overflows: every call would fail.
     ({"timeout": 1e10}, V, "timeout"),
     ({"timeout": 1e308}, V, "timeout"),
+    ({"timeout": 2**2000}, V, "timeout"),
+    ({"call_timeout": 2**2000}, V, "call_timeout"),
     ({"connect_wait_timeout": -1}, V, "connect_wait_timeout"),
     ({"connect_wait_timeout": "x"}, T, "connect_wait_timeout"),
     ({"options": 5}, T, "options"),

@@ -43,7 +43,7 @@ async def test_a_bad_ttl_is_refused_before_any_call(ttl: Any, error: type) -> No
     assert client.breaker.metrics().calls == 0
 
 
-@pytest.mark.parametrize("timeout", [-1, math.nan, math.inf, "10"])
+@pytest.mark.parametrize("timeout", [-1, math.nan, math.inf, "10", 2**2000])
 async def test_a_bad_lock_timeout_is_refused(timeout: Any) -> None:
     client = BreakerClient("127.0.0.1", 1)
 
@@ -51,6 +51,31 @@ async def test_a_bad_lock_timeout_is_refused(timeout: Any) -> None:
         client.lock(b"/lock", timeout=timeout)
     with pytest.raises((InvalidSettingError, InvalidSettingTypeError), match="timeout"):
         await client.lock(b"/lock").acquire(timeout)
+
+
+@pytest.mark.parametrize(
+    ("lease_id", "error"),
+    [
+        (-1, InvalidSettingError),
+        (2**70, InvalidSettingError),
+        ("7", InvalidSettingTypeError),
+    ],
+)
+async def test_a_bad_lease_id_is_refused_before_any_call(
+    lease_id: Any, error: type
+) -> None:
+    client = BreakerClient("127.0.0.1", 1)
+
+    with pytest.raises(error, match=r"^lease_id must be"):
+        await client.lease(5, lease_id)
+    assert client.breaker.metrics().calls == 0
+
+
+def test_a_lock_key_that_is_not_bytes_is_refused_at_once() -> None:
+    client = BreakerClient("127.0.0.1", 1)
+
+    with pytest.raises(InvalidSettingTypeError, match=r"^key must be bytes"):
+        client.lock("/lock")  # type: ignore[arg-type]
 
 
 async def test_an_async_on_lost_hook_is_refused_rather_than_never_awaited() -> None:

@@ -28,7 +28,7 @@ def open_duration(value: object) -> OpenDuration:
     if isinstance(value, FixedDuration | ExponentialBackoff):
         return value
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return FixedDuration(float(value))
+        return FixedDuration(check_number("reset_timeout", value))
     if callable(value) and not isinstance(value, type):
         return value
     raise InvalidSettingTypeError(

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final, ParamSpec, TypeVar
 
@@ -56,6 +55,7 @@ from .policies import (
     TripRule,
     check_count,
     check_ratio,
+    finite,
 )
 from .windows import Window
 
@@ -715,7 +715,7 @@ class CircuitBreaker:
                 raise InvalidSettingTypeError(
                     "reset_timeout", open_for, "a policy that returns seconds"
                 )
-            if not (open_for >= 0 and math.isfinite(open_for)):
+            if not (open_for >= 0 and finite(open_for)):
                 raise InvalidSettingError(
                     "reset_timeout", open_for, "a policy that returns finite seconds"
                 )

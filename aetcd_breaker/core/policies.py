@@ -32,10 +32,18 @@ def check_number(
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidSettingTypeError(setting, value, "a number")
     bad = value <= low if strict else value < low
-    if not math.isfinite(value) or bad:
+    if bad or not finite(value):
         bound = f"above {low:g}" if strict else f"at least {low:g}"
         raise InvalidSettingError(setting, value, f"a finite number {bound}")
     return float(value)
+
+
+def finite(value: float) -> bool:
+    """Whether ``value`` is a finite float, or an int that converts to one."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int past float range, 2**1024 and up
+        return False
 
 
 def check_count(setting: str, value: object, low: int = 1) -> int:

@@ -12,6 +12,7 @@ from array import array
 from typing import Protocol
 
 from .errors import InvalidSettingError, InvalidSettingTypeError
+from .policies import finite
 
 __all__ = ["CountWindow", "TimeWindow", "Window"]
 
@@ -106,7 +107,7 @@ class TimeWindow:
     def __init__(self, seconds: float, buckets: int = 10) -> None:
         if isinstance(seconds, bool) or not isinstance(seconds, int | float):
             raise InvalidSettingTypeError("TimeWindow.seconds", seconds, "a number")
-        if not (math.isfinite(seconds) and seconds > 0):
+        if not (seconds > 0 and finite(seconds)):
             raise InvalidSettingError(
                 "TimeWindow.seconds", seconds, "a finite number above 0"
             )

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Mapping
 from typing import Any
 
 from ..core import InvalidSettingError, InvalidSettingTypeError
+from ..core.policies import finite
 from ._session import check_timeout
 
-__all__ = ["check_connection", "check_hook", "check_ttl", "check_wait"]
+__all__ = [
+    "check_connection",
+    "check_hook",
+    "check_lease_id",
+    "check_ttl",
+    "check_wait",
+]
 
 _GRPC_MAX_TIMEOUT = 1e9
 """The longest gRPC deadline taken, in seconds: about 31 years."""
@@ -81,13 +87,24 @@ def check_ttl(value: object) -> int:
     return value
 
 
+def check_lease_id(value: object) -> int | None:
+    """A lease id to ask etcd for: None (etcd picks one) or a positive int64."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidSettingTypeError("lease_id", value, "an int or None")
+    if not 0 < value < 2**63:
+        raise InvalidSettingError("lease_id", value, "from 1 to 2**63 - 1")
+    return value
+
+
 def check_wait(value: object) -> float | None:
     """How long a lock may wait: None (no limit) or a finite number >= 0."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidSettingTypeError("timeout", value, "a number of seconds or None")
-    if not (value >= 0 and math.isfinite(value)):
+    if not (value >= 0 and finite(value)):
         raise InvalidSettingError("timeout", value, "a finite number of 0 or more")
     return float(value)
 

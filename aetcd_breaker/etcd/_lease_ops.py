@@ -6,8 +6,9 @@ from typing import TYPE_CHECKING, Any
 
 import aetcd
 
+from ..core import InvalidSettingTypeError
 from . import _ops as ops
-from ._connection import check_ttl
+from ._connection import check_lease_id, check_ttl
 from ._options import DEFAULT, IDEMPOTENT, WRITE, run
 from .leases import LeaseKeeper, LostHook
 from .objects import Lease
@@ -45,6 +46,7 @@ class LeaseOps:
     ) -> Lease:
         """Grant a lease of ``ttl`` seconds, bound to this client."""
         check_ttl(ttl)
+        check_lease_id(lease_id)
         s = self._session
         if s.plain and retry is None and fallback is DEFAULT:
             raw = await s.call(ops.LEASE, call_timeout, ttl, lease_id)
@@ -149,6 +151,8 @@ class LeaseOps:
         """
         from .lock import Lock
 
+        if not isinstance(key, bytes):
+            raise InvalidSettingTypeError("key", key, "bytes")
         client: BreakerClient = self  # type: ignore[assignment]
         return Lock(
             client,

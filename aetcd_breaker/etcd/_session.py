@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import math
 from collections.abc import Awaitable, Callable
 from threading import get_ident
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -24,6 +23,7 @@ from ..core._deadline import (
 )
 from ..core.breaker import ADMIT
 from ..core.guard import Permit
+from ..core.policies import finite
 from ._channel import Channels, Inner
 from .errors import ClientClosedError, EtcdCallTimeoutError, EtcdCircuitOpenError
 
@@ -53,7 +53,7 @@ def check_timeout(value: object, setting: str = "call_timeout") -> float:
     """Validate a deadline in seconds: a finite number above zero."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidSettingTypeError(setting, value, "a number of seconds")
-    if not (value > 0 and math.isfinite(value)):
+    if not (value > 0 and finite(value)):
         raise InvalidSettingError(setting, value, "a finite number above 0")
     return float(value)
 
