@@ -160,8 +160,10 @@ async def test_a_lock_waiter_cut_off_by_closing_leaves_no_channel_behind(
             waiter = etcd.lock(b"/close/wait", ttl=10, timeout=None)
             async with etcd:
                 task = asyncio.create_task(waiter.acquire())
-                # Its grant, its attempt, and the watch on the holder.
+                # Its grant, its attempt, and the watch on the holder,
+                # running by the time the close comes.
                 await proxy.wait_for_requests(3)
+                await asyncio.sleep(0.3)
             sent = proxy.requests
 
             with pytest.raises(aetcd.ConnectionFailedError):
@@ -170,6 +172,8 @@ async def test_a_lock_waiter_cut_off_by_closing_leaves_no_channel_behind(
             assert await connections_gone(proxy)
             assert waiter.lease is None
             assert etcd._session.keepers == set()
+            # Its watch on the holder was cut off by the close, not by etcd.
+            assert etcd.breaker.metrics().failures == 0
     finally:
         await holder.release()
 
@@ -237,3 +241,59 @@ async def test_closing_stops_keeping_a_lease_it_must_not_revoke(
             while (await other.get_lease_info(kept[0].id)).TTL != -1:
                 await anyio.sleep(0.1)
         assert proxy.requests == sent
+
+
+async def test_a_close_cancelled_while_revoking_has_told_every_holder(
+    proxy: FaultProxy,
+) -> None:
+    told: list[LeaseLostError] = []
+    with anyio.fail_after(HANG):
+        etcd = client_of(proxy)
+        keeper = etcd.lease_keeper(30, on_lost=told.append)
+        lease = await keeper.__aenter__()
+        proxy.black_hole()
+        try:
+            # The revocation waits on etcd; the caller stops waiting first.
+            closing = asyncio.create_task(etcd.close())
+            await asyncio.sleep(0.2)
+            closing.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await closing
+
+            assert [error.reason for error in told] == [CLOSED]
+            assert lease.lost_reason == CLOSED
+            assert etcd._session.keepers == set()
+            with pytest.raises(ClientClosedError):
+                await etcd.get(b"/close/cancelled")
+        finally:
+            proxy.pass_through()
+        await keeper.__aexit__(None, None, None)
+
+
+async def test_a_keeper_granted_while_the_client_closes_is_told_at_once(
+    proxy: FaultProxy, other: BreakerClient
+) -> None:
+    told: list[LeaseLostError] = []
+    with anyio.fail_after(HANG):
+        etcd = client_of(proxy)
+        first = etcd.lease_keeper(30)
+        await first.__aenter__()
+        # etcd slow: the close waits on the first lease's revocation while
+        # the late grant's answer comes in.
+        proxy.delay(0.4)
+        late = etcd.lease_keeper(30, on_lost=told.append)
+        entering = asyncio.create_task(late.__aenter__())
+        await asyncio.sleep(0.1)
+        await etcd.close()
+        lease = await entering
+        proxy.pass_through()
+
+        assert [error.reason for error in told] == [CLOSED]
+        assert lease.lost_reason == CLOSED
+        assert etcd._session.keepers == set()
+        # Nothing refreshes it: it expires by its TTL (not waited for here).
+        sent = proxy.requests
+        await anyio.sleep(1.0)
+        assert proxy.requests == sent
+        await late.__aexit__(None, None, None)
+        await first.__aexit__(None, None, None)

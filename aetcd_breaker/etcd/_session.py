@@ -9,7 +9,6 @@ from threading import get_ident
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import aetcd
-import anyio
 import structlog
 
 from ..core import CircuitBreaker, InvalidSettingError, InvalidSettingTypeError
@@ -29,6 +28,7 @@ from .errors import ClientClosedError, EtcdCallTimeoutError, EtcdCircuitOpenErro
 
 if TYPE_CHECKING:
     from .leases import KeepAlive
+    from .objects import Lease
     from .retry import Retry
     from .stale import StaleCache
 
@@ -67,6 +67,7 @@ class Session:
         "budgeted",
         "channels",
         "clock",
+        "closed",
         "creating",
         "fallback",
         "fallbacks",
@@ -109,6 +110,8 @@ class Session:
         self.aborted: set[asyncio.Task[Any]] = set()
         # The lease keep-alives running in the background; close() ends them.
         self.keepers: set[KeepAlive] = set()
+        self.closed = False
+        """Set by :meth:`aclose`, until :meth:`reopen`."""
         # Tasks whose call runs under a deadline cut to their own time budget
         # (a lock's timeout): its expiry says nothing about etcd.
         self.budgeted: set[asyncio.Task[Any]] = set()
@@ -288,8 +291,11 @@ class Session:
             return True
 
     def stream_failed(self, exc: BaseException) -> None:
-        """A running watch stream failed: record it if it counts."""
-        if self.counts(exc):
+        """A running watch stream failed: record it if it counts.
+
+        A stream cut off by closing the client says nothing about etcd.
+        """
+        if not self.closed and self.counts(exc):
             breaker = self.breaker
             # A stream failure is news of now, not a late answer to an old
             # call: it belongs to the current generation.
@@ -302,21 +308,34 @@ class Session:
         From then on calls fail at once with :class:`ClientClosedError` until
         :meth:`reopen`.
         """
-        keepers = tuple(self.keepers)
-        self.keepers.clear()
+        from .leases import revoke_on_close
+
+        # Keepers that start from now on end at once (KeepAlive.start).
+        self.closed = True
+        leases = self._halt_keepers()
         try:
-            with anyio.CancelScope(shield=True):
-                # Concurrently: each may wait for a revocation to be answered.
-                async with anyio.create_task_group() as group:
-                    for keeper in keepers:
-                        group.start_soon(keeper.end_with_session)
+            if leases:
+                # The holders are told already; the revocations go on even
+                # when the caller stops waiting for them.
+                await asyncio.shield(revoke_on_close(self, leases))
         finally:
+            self._halt_keepers()
             for task in self.creating:
                 self.aborted.add(task)
                 task.cancel()
             self.creating.clear()
             await self.channels.aclose()
 
+    def _halt_keepers(self) -> list[Lease]:
+        """Stop every keep-alive; the leases to revoke."""
+        leases = []
+        while self.keepers:
+            lease = self.keepers.pop().halt()
+            if lease is not None:
+                leases.append(lease)
+        return leases
+
     def reopen(self) -> None:
         """Let calls through again after :meth:`aclose`."""
+        self.closed = False
         self.channels.reopen()

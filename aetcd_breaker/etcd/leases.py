@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from ._session import Session
     from .objects import Lease
 
-__all__ = ["KeepAlive", "LeaseKeeper", "grant"]
+__all__ = ["KeepAlive", "LeaseKeeper", "grant", "revoke_on_close"]
 
 LostHook = Callable[[LeaseLostError], object]
 
@@ -106,8 +106,8 @@ async def _refresh(
 class KeepAlive:
     """The background task that keeps one lease alive until stopped or lost.
 
-    It belongs to the session: closing the client ends it
-    (:meth:`end_with_session`), and revokes the lease if ``revoke`` says so.
+    It belongs to the session: closing the client ends it (:meth:`halt`),
+    and revokes the lease if ``revoke`` says so.
     """
 
     __slots__ = ("_expires", "_lease", "_revoke", "_session", "_task", "_ttl")
@@ -129,6 +129,11 @@ class KeepAlive:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
+        if self._session.closed:
+            # Granted as the client closed: nothing may keep it now; it
+            # expires by its TTL.
+            self._lease._lose(CLOSED)
+            return
         task = asyncio.get_running_loop().create_task(self._run())
         self._task = task
         keepers = self._session.keepers
@@ -157,18 +162,40 @@ class KeepAlive:
         if not task.cancelled():
             task.result()
 
-    async def end_with_session(self) -> None:
-        """The client is closing: stop, revoke if asked, report the lease lost."""
-        await self.stop()
+    def halt(self) -> Lease | None:
+        """The client is closing: stop now and report the lease lost.
+
+        No await, so that a close cancelled half-way has told every holder.
+        Returns the lease to revoke, if this keeper revokes on exit.
+        """
+        task, self._task = self._task, None
+        if task is not None:
+            task.add_done_callback(_quiet)
+            task.cancel()
+        self._session.keepers.discard(self)
         lease = self._lease
         if lease.lost_reason is not None or lease._released:
-            return
-        if self._revoke:
-            seconds = min(self._session.timeout, _CLOSE_REVOKE)
-            # Quiet: when etcd cannot answer in time, the lease expires.
-            with contextlib.suppress(Exception):
-                await self._session.call(ops.REVOKE_LEASE, seconds, lease.id)
+            return None
         lease._lose(CLOSED)
+        return lease if self._revoke else None
+
+
+def _quiet(task: asyncio.Task[None]) -> None:
+    # A keeper halted by a close ends unawaited: fetch whatever it raised.
+    if not task.cancelled():
+        task.exception()
+
+
+async def revoke_on_close(session: Session, leases: list[Lease]) -> None:
+    """Revoke ``leases`` together, within a second; the rest expire by TTL."""
+    seconds = min(session.timeout, _CLOSE_REVOKE)
+
+    async def revoke(lease: Lease) -> None:
+        # Quiet: when etcd cannot answer in time, the lease expires.
+        with contextlib.suppress(Exception):
+            await session.call(ops.REVOKE_LEASE, seconds, lease.id)
+
+    await asyncio.gather(*(revoke(lease) for lease in leases))
 
 
 class LeaseKeeper:
