@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -405,3 +406,92 @@ async def test_a_cancelled_acquire_returns_at_once_in_a_partition(
         gone = await lease_gone(raw, lease_id)
 
     assert gone
+
+
+async def test_a_lease_that_etcd_no_longer_knows_when_the_transaction_lands_is_lost(
+    etcd_server_session: EtcdServer,
+) -> None:
+    # Slow link, short TTL: the lease expires in etcd while the acquiring
+    # transaction travels, and etcd answers "lease not found".
+    server = etcd_server_session
+    breaker = CircuitBreaker(name="etcd", failure_threshold=None)
+    outcomes: list[str] = []
+
+    async def try_lock(etcd: BreakerClient, n: int) -> None:
+        lock = etcd.lock(b"/lock/expired-in-flight/%d" % n, ttl=2, timeout=None)
+        try:
+            async with lock:
+                outcomes.append("entered")
+        except LeaseLostError:
+            outcomes.append("lost")
+        except aetcd.ClientError as exc:
+            outcomes.append(f"{type(exc).__name__}: {exc}")
+
+    async with (
+        FaultProxy(server.host, server.port) as proxy,
+        client_of(proxy, breaker=breaker, call_timeout=8.0) as etcd,
+    ):
+        await etcd.get(b"/lock/expired-probe")
+        proxy.delay(1.5, 2.5)
+        with anyio.fail_after(3 * HANG):
+            async with anyio.create_task_group() as tg:
+                for n in range(3):
+                    tg.start_soon(try_lock, etcd, n)
+        proxy.pass_through()
+
+    assert outcomes == ["lost"] * 3
+
+
+async def test_release_from_another_task_while_acquiring_is_refused(
+    etcd_server_session: EtcdServer, raw: aetcd.Client
+) -> None:
+    holder = client_of(etcd_server_session)
+    async with holder, client_of(etcd_server_session) as etcd:
+        held = holder.lock(b"/lock/busy-release", ttl=30)
+        assert await held.acquire()
+        lock = etcd.lock(b"/lock/busy-release", ttl=30, timeout=HANG)
+        acquiring = asyncio.create_task(lock.acquire())
+        with anyio.fail_after(HANG):
+            while lock.lease is None:
+                await asyncio.sleep(0.01)
+
+        with pytest.raises(RuntimeError, match="being acquired or released"):
+            await lock.release()
+        assert lock.lease is not None
+        # The refused release left the waiting acquisition's lease alone.
+        waiting_ttl = (await raw.get_lease_info(lock.lease.id)).TTL
+        await held.release()
+        with anyio.fail_after(HANG):
+            acquired = await acquiring
+        assert acquired
+        assert lock.lost_reason is None
+        await lock.release()
+
+    assert waiting_ttl > 0
+
+
+async def test_a_lease_revoked_while_waiting_for_the_holder_ends_the_wait(
+    etcd_server_session: EtcdServer, raw: aetcd.Client
+) -> None:
+    holder = client_of(etcd_server_session)
+    async with holder, client_of(etcd_server_session) as etcd:
+        held = holder.lock(b"/lock/revoked-waiter", ttl=30)
+        assert await held.acquire()
+        try:
+            lock = etcd.lock(b"/lock/revoked-waiter", ttl=3, timeout=HANG)
+            acquiring = asyncio.create_task(lock.acquire())
+            with anyio.fail_after(HANG):
+                while lock.lease is None:
+                    await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)
+            await raw.revoke_lease(lock.lease.id)
+
+            # Seen at the keeper's next refresh (a third of the TTL), long
+            # before the lock's timeout.
+            with anyio.fail_after(HANG / 2):
+                with pytest.raises(LeaseLostError) as info:
+                    await acquiring
+        finally:
+            await held.release()
+
+    assert info.value.reason == GONE

@@ -115,6 +115,7 @@ class Lock:
         "_lost",
         "_on_lost",
         "_scope",
+        "_waiting",
         "key",
         "lease",
         "revision",
@@ -147,6 +148,8 @@ class Lock:
         # Acquiring or releasing: the lease and keeper are in flux.
         self._busy = False
         self._held = False
+        # The wait for the holder to let go, which a lost lease cuts short.
+        self._waiting: anyio.CancelScope | None = None
         self._keeping: KeepAlive | None = None
         self._event: anyio.Event | None = None
         self._scope: anyio.CancelScope | None = None
@@ -246,14 +249,19 @@ class Lock:
                 continue
             self.lease.check()
             txn = self._client.transactions
-            with _cut_short(session, cut):
-                succeeded, responses = await session.call(
-                    ops.TRANSACTION,
-                    seconds,
-                    [txn.create(self.key) == 0],
-                    [txn.put(self.key, self.uuid, lease=self.lease.id)],
-                    [txn.get(self.key)],
-                )
+            try:
+                with _cut_short(session, cut):
+                    succeeded, responses = await session.call(
+                        ops.TRANSACTION,
+                        seconds,
+                        [txn.create(self.key) == 0],
+                        [txn.put(self.key, self.uuid, lease=self.lease.id)],
+                        [txn.get(self.key)],
+                    )
+            except aetcd.ClientError:
+                # etcd's "lease not found", once the keeper knows it lost it.
+                self.lease.check()
+                raise
             first = False
             if succeeded:
                 self.revision = responses[0].response_put.header.revision
@@ -288,10 +296,14 @@ class Lock:
         seconds, cut = self._seconds(call_timeout, give_up)
         if seconds:
             session = self._client._session
-            with _cut_short(session, cut):
-                await wait_for_delete(
-                    session, self.key, start_revision, seconds, give_up
-                )
+            # A lost lease ends the wait; the next attempt raises the loss.
+            with anyio.CancelScope() as self._waiting, _cut_short(session, cut):
+                try:
+                    await wait_for_delete(
+                        session, self.key, start_revision, seconds, give_up
+                    )
+                finally:
+                    self._waiting = None
 
     def _hold(self) -> bool:
         # The keeper may have given the lease up while the transaction was on
@@ -306,8 +318,10 @@ class Lock:
         return True
 
     def _lease_lost(self, error: LeaseLostError) -> None:
-        # While waiting, the next attempt finds the loss through check().
+        # While acquiring, the next attempt finds the loss through check().
         if not self._held:
+            if self._waiting is not None:
+                self._waiting.cancel()
             return
         self._lost = error
         if self._event is not None:
@@ -359,6 +373,10 @@ class Lock:
 
         The lease is revoked too (quietly: if etcd is away it expires).
         """
+        if self._busy:
+            raise RuntimeError(
+                f"lock {self.key!r} is being acquired or released by another task"
+            )
         self._held = False
         self._busy = True
         txn = self._client.transactions
