@@ -42,7 +42,12 @@ from . import _ops as ops
 from ._connection import check_hook, check_ttl, check_wait
 from ._holder import wait_for_delete
 from ._session import check_timeout
-from .errors import EtcdCallTimeoutError, LeaseLostError, LockNotAcquiredError
+from .errors import (
+    CLOSED,
+    EtcdCallTimeoutError,
+    LeaseLostError,
+    LockNotAcquiredError,
+)
 from .leases import KeepAlive, LostHook, revoke_quietly
 from .objects import Lease
 
@@ -320,7 +325,9 @@ class Lock:
     def _lease_lost(self, error: LeaseLostError) -> None:
         # While acquiring, the next attempt finds the loss through check().
         if not self._held:
-            if self._waiting is not None:
+            # Closing the client cuts the wait off itself, as a connection
+            # failure like every call it cuts off.
+            if self._waiting is not None and error.reason != CLOSED:
                 self._waiting.cancel()
             return
         self._lost = error
