@@ -442,6 +442,15 @@ async def test_a_lease_that_etcd_no_longer_knows_when_the_transaction_lands_is_l
     assert outcomes == ["lost"] * 3
 
 
+async def waiting(lock: Lock) -> asyncio.Task[bool]:
+    """Start ``lock.acquire()`` and return once its lease is granted."""
+    acquiring = asyncio.create_task(lock.acquire())
+    with anyio.fail_after(HANG):
+        while lock.lease is None:
+            await asyncio.sleep(0.01)
+    return acquiring
+
+
 async def test_release_from_another_task_while_acquiring_is_refused(
     etcd_server_session: EtcdServer, raw: aetcd.Client
 ) -> None:
@@ -450,10 +459,7 @@ async def test_release_from_another_task_while_acquiring_is_refused(
         held = holder.lock(b"/lock/busy-release", ttl=30)
         assert await held.acquire()
         lock = etcd.lock(b"/lock/busy-release", ttl=30, timeout=HANG)
-        acquiring = asyncio.create_task(lock.acquire())
-        with anyio.fail_after(HANG):
-            while lock.lease is None:
-                await asyncio.sleep(0.01)
+        acquiring = await waiting(lock)
 
         with pytest.raises(RuntimeError, match="being acquired or released"):
             await lock.release()
@@ -479,10 +485,7 @@ async def test_a_lease_revoked_while_waiting_for_the_holder_ends_the_wait(
         assert await held.acquire()
         try:
             lock = etcd.lock(b"/lock/revoked-waiter", ttl=3, timeout=HANG)
-            acquiring = asyncio.create_task(lock.acquire())
-            with anyio.fail_after(HANG):
-                while lock.lease is None:
-                    await asyncio.sleep(0.01)
+            acquiring = await waiting(lock)
             await asyncio.sleep(0.2)
             await raw.revoke_lease(lock.lease.id)
 

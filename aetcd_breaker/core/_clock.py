@@ -95,8 +95,10 @@ class ClockScope:
         return bool(self.scope.__exit__(exc_type, exc, tb))
 
 
-def scope_until(clock: Clock, when: float) -> anyio.CancelScope | ClockScope:
-    """A cancel scope that ``clock`` cancels once ``now() >= when``."""
+def scope_until(clock: Clock, when: float | None) -> anyio.CancelScope | ClockScope:
+    """A cancel scope that ``clock`` cancels once ``now() >= when`` (never: None)."""
+    if when is None:
+        return anyio.CancelScope()
     if type(clock) is MonotonicClock:
         # anyio's deadlines run on the backend's own clock (trio's is offset
         # from time.monotonic), so translate through the remaining seconds.

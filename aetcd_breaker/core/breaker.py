@@ -474,11 +474,8 @@ class CircuitBreaker:
             self._waiters = anyio.Event()
         event = self._waiters
         when = self._retry_at if state is OPEN else self._half_open_until
-        if when is None:
+        with scope_until(self._clock, when):
             await event.wait()
-        else:
-            with scope_until(self._clock, when):
-                await event.wait()
         self._tick(self._now())
 
     # -- manual control --------------------------------------------------

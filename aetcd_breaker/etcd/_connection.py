@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..core import InvalidSettingError, InvalidSettingTypeError
-from ..core.policies import finite
+from ..core.policies import check_count, finite
 from ._session import check_timeout
 
 __all__ = [
@@ -24,10 +24,10 @@ _MAX_TTL = 9_000_000_000
 """etcd's largest lease TTL (MaxLeaseTTL), in seconds."""
 
 
-def _seconds(setting: str, value: object, *, optional: bool) -> None:
+def _seconds(setting: str, value: object, *, optional: bool) -> float | None:
     if value is None and optional:
-        return
-    check_timeout(value, setting)
+        return None
+    return check_timeout(value, setting)
 
 
 def check_connection(
@@ -61,8 +61,8 @@ def check_connection(
         raise InvalidSettingError(
             missing, None, "given too: username and password go together"
         )
-    _seconds("timeout", timeout, optional=True)
-    if timeout is not None and timeout > _GRPC_MAX_TIMEOUT:  # type: ignore[operator]
+    seconds = _seconds("timeout", timeout, optional=True)
+    if seconds is not None and seconds > _GRPC_MAX_TIMEOUT:
         # gRPC's deadline, in nanoseconds, overflows past about 9.2e9 s and
         # every request then fails at once with DEADLINE_EXCEEDED.
         raise InvalidSettingError(
@@ -91,11 +91,10 @@ def check_lease_id(value: object) -> int | None:
     """A lease id to ask etcd for: None (etcd picks one) or a positive int64."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidSettingTypeError("lease_id", value, "an int or None")
-    if not 0 < value < 2**63:
+    lease_id = check_count("lease_id", value)
+    if lease_id >= 2**63:
         raise InvalidSettingError("lease_id", value, "from 1 to 2**63 - 1")
-    return value
+    return lease_id
 
 
 def check_wait(value: object) -> float | None:

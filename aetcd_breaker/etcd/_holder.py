@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Final
 import aetcd
 import anyio
 
-from ..core._clock import ClockScope, scope_until
+from ..core._clock import scope_until
 
 if TYPE_CHECKING:
     from ._session import Session
@@ -53,9 +53,7 @@ async def wait_for_delete(
     finally:
         session.creating.discard(task)
         session.aborted.discard(task)
-    scope: anyio.CancelScope | ClockScope = anyio.CancelScope()
-    if give_up is not None:
-        scope = scope_until(session.clock, give_up)
+    scope = scope_until(session.clock, give_up)
     try:
         with scope:
             async for _ in watch:

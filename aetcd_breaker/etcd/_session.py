@@ -310,7 +310,8 @@ class Session:
         """
         from .leases import revoke_on_close
 
-        # Keepers that start from now on end at once (KeepAlive.start).
+        # Keepers that start from now on end at once (KeepAlive.start), so
+        # these are all there will be.
         self.closed = True
         leases = self._halt_keepers()
         try:
@@ -319,7 +320,6 @@ class Session:
                 # when the caller stops waiting for them.
                 await asyncio.shield(revoke_on_close(self, leases))
         finally:
-            self._halt_keepers()
             for task in self.creating:
                 self.aborted.add(task)
                 task.cancel()

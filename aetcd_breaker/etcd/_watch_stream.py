@@ -11,7 +11,8 @@ import grpc  # type: ignore[import-untyped]
 from aetcd import rpc
 from aetcd.exceptions import _handle_exception
 
-from ..core import InvalidSettingError, InvalidSettingTypeError
+from ..core import InvalidSettingTypeError
+from ..core.policies import check_count
 from ._channel import Inner
 from .errors import WatchCompactedError
 
@@ -69,14 +70,7 @@ class WatchSpec:
             raise InvalidSettingTypeError("kind", kind, "an aetcd.EventKind")
         filters = () if kind is None else _FILTERS[kind]
         if start_revision is not None:
-            if isinstance(start_revision, bool) or not isinstance(start_revision, int):
-                raise InvalidSettingTypeError(
-                    "start_revision", start_revision, "an int or None"
-                )
-            if start_revision < 0:
-                raise InvalidSettingError(
-                    "start_revision", start_revision, "a revision of 0 or more"
-                )
+            check_count("start_revision", start_revision, low=0)
         start = start_revision or None
         return cls(
             key, range_end, start, progress_notify, filters, prev_kv, watch_id, fragment

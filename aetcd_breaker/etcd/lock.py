@@ -37,7 +37,7 @@ import aetcd
 import anyio
 
 from ..core import CircuitOpenError
-from ..core._clock import ClockScope, scope_until
+from ..core._clock import scope_until
 from . import _ops as ops
 from ._connection import check_hook, check_ttl, check_wait
 from ._holder import wait_for_delete
@@ -369,10 +369,7 @@ class Lock:
         revoking.add_done_callback(_revoking.discard)
         if not wait:
             return
-        scope: anyio.CancelScope | ClockScope = anyio.CancelScope()
-        if give_up is not None:
-            scope = scope_until(self._client._session.clock, give_up)
-        with scope:
+        with scope_until(self._client._session.clock, give_up):
             await asyncio.shield(revoking)
 
     async def release(self, *, call_timeout: float | None = None) -> bool:
