@@ -249,6 +249,29 @@ async def test_bad_watch_once_argument_is_refused_before_any_call(
     assert etcd.breaker.metrics().calls == 0
 
 
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("start_revision", 2**63),
+        ("start_revision", 2**70),
+        ("watch_id", 2**63),
+        ("watch_id", -1),
+        ("watch_id", "7"),
+    ],
+)
+async def test_a_revision_or_watch_id_outside_int64_is_refused_by_name(
+    etcd: BreakerClient, setting: str, value: object
+) -> None:
+    # Not a bare ValueError from protobuf, deep inside the call.
+    for watch in (etcd.watch, etcd.watch_prefix, etcd.watch_once):
+        with pytest.raises((InvalidSettingError, InvalidSettingTypeError)) as info:
+            await watch(b"/bad", **{setting: value})
+
+        assert str(info.value).startswith(f"{setting} must be")
+        assert str(info.value).endswith(repr(value))
+    assert etcd.breaker.metrics().calls == 0
+
+
 async def test_a_negative_start_revision_of_a_watch_is_refused(
     etcd: BreakerClient,
 ) -> None:

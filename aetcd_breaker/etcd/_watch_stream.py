@@ -11,7 +11,7 @@ import grpc  # type: ignore[import-untyped]
 from aetcd import rpc
 from aetcd.exceptions import _handle_exception
 
-from ..core import InvalidSettingTypeError
+from ..core import InvalidSettingError, InvalidSettingTypeError
 from ..core.policies import check_count
 from ._channel import Inner
 from .errors import WatchCompactedError
@@ -24,6 +24,7 @@ __all__ = [
 ]
 
 _PROGRESS: Final = rpc.WatchRequest(progress_request=rpc.WatchProgressRequest())
+_INT64_MAX: Final = 2**63 - 1
 _ENDED: Final = "etcd ended the watch stream"
 _CUT_OFF: Final = "the watch stream was cut off: its gRPC channel was closed"
 _FILTERS: Final = {
@@ -69,8 +70,16 @@ class WatchSpec:
         if kind is not None and not isinstance(kind, aetcd.EventKind):
             raise InvalidSettingTypeError("kind", kind, "an aetcd.EventKind")
         filters = () if kind is None else _FILTERS[kind]
-        if start_revision is not None:
-            check_count("start_revision", start_revision, low=0)
+        for setting, value in (
+            ("start_revision", start_revision),
+            ("watch_id", watch_id),
+        ):
+            if value is not None:
+                check_count(setting, value, low=0)
+                if value > _INT64_MAX:
+                    # etcd's revisions and watch ids are int64: protobuf would
+                    # raise a bare ValueError from inside the call.
+                    raise InvalidSettingError(setting, value, "at most 2**63 - 1")
         start = start_revision or None
         return cls(
             key, range_end, start, progress_notify, filters, prev_kv, watch_id, fragment
