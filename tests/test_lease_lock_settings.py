@@ -28,6 +28,8 @@ def anyio_backend() -> str:
         # etcd's MaxLeaseTTL is 9e9 s; 2**63 does not fit its int64 field.
         (9_000_000_001, InvalidSettingError),
         (2**63, InvalidSettingError),
+        # A keeper of a new lease needs one: not an AssertionError on entry.
+        (None, InvalidSettingTypeError),
     ],
 )
 async def test_a_bad_ttl_is_refused_before_any_call(ttl: Any, error: type) -> None:

@@ -236,7 +236,8 @@ class LeaseKeeper:
         call_timeout: float | None = None,
     ) -> None:
         self._client = client
-        self._ttl = None if ttl is None else check_ttl(ttl)
+        # A keeper of a new lease needs its TTL; one of a lease you hold reads it.
+        self._ttl = None if lease is not None and ttl is None else check_ttl(ttl)
         self._lease = lease
         self._on_lost = check_hook(on_lost)
         self._cancel_on_lost = cancel_on_lost
