@@ -665,6 +665,9 @@ PART_SETTINGS: list[tuple[Callable[..., object], dict[str, Any], type]] = [
     (CountWindow, {"size": -5}, V),
     (CountWindow, {"size": 2.5}, T),
     (CountWindow, {"size": "10"}, T),
+    # Past what memory can hold: named, not an OverflowError from bytearray.
+    (CountWindow, {"size": 2**70}, V),
+    (CountWindow, {"size": 2**2000}, V),
     (TimeWindow, {"seconds": 0}, V),
     (TimeWindow, {"seconds": -1}, V),
     (TimeWindow, {"seconds": NAN}, V),
@@ -675,6 +678,8 @@ PART_SETTINGS: list[tuple[Callable[..., object], dict[str, Any], type]] = [
     (TimeWindow, {"buckets": 10, "seconds": 1e-6}, V),
     (TimeWindow, {"seconds": 10, "buckets": 0}, V),
     (TimeWindow, {"seconds": 10, "buckets": 1.5}, T),
+    (TimeWindow, {"seconds": 1e300, "buckets": 2**70}, V),
+    (TimeWindow, {"seconds": 10, "buckets": 2**2000}, V),
     (ExponentialBackoff, {"base": 0}, V),
     (ExponentialBackoff, {"base": -1}, V),
     (ExponentialBackoff, {"base": NAN}, V),

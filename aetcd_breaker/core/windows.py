@@ -42,6 +42,16 @@ def _positive_int(setting: str, value: object) -> int:
     return value
 
 
+def _slots(setting: str, value: int, width: int) -> bytes:
+    """Zeroed memory for ``value`` slots of ``width`` bytes, or a named refusal."""
+    try:
+        return bytes(width * value)
+    except (OverflowError, MemoryError):
+        raise InvalidSettingError(
+            setting, value, "a size that fits in memory"
+        ) from None
+
+
 class CountWindow:
     """The outcomes of the last ``size`` calls."""
 
@@ -51,7 +61,7 @@ class CountWindow:
 
     def __init__(self, size: int) -> None:
         self.size = _positive_int("CountWindow.size", size)
-        self._codes = bytearray(self.size)
+        self._codes = bytearray(_slots("CountWindow.size", self.size, 1))
         self._next = 0
         self._filled = 0
         self._failures = 0
@@ -113,7 +123,12 @@ class TimeWindow:
             )
         self.seconds = float(seconds)
         self.buckets = _positive_int("TimeWindow.buckets", buckets)
-        self._width = self.seconds / self.buckets
+        try:
+            self._width = self.seconds / self.buckets
+        except OverflowError:  # a bucket count past float range
+            raise InvalidSettingError(
+                "TimeWindow.buckets", buckets, "at most one for each microsecond"
+            ) from None
         if self._width < _MIN_BUCKET:
             raise InvalidSettingError(
                 "TimeWindow.seconds",
@@ -121,9 +136,10 @@ class TimeWindow:
                 f"at least {_MIN_BUCKET * self.buckets:g} s "
                 f"(1 microsecond for each of {self.buckets} buckets)",
             )
-        self._calls = array("q", bytes(8 * self.buckets))
-        self._failures = array("q", bytes(8 * self.buckets))
-        self._slow = array("q", bytes(8 * self.buckets))
+        zeros = _slots("TimeWindow.buckets", self.buckets, 8)
+        self._calls = array("q", zeros)
+        self._failures = array("q", zeros)
+        self._slow = array("q", zeros)
         self._sums = [0, 0, 0]
         self._head: int | None = None
 
