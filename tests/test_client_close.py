@@ -178,6 +178,33 @@ async def test_a_lock_waiter_cut_off_by_closing_leaves_no_channel_behind(
         await holder.release()
 
 
+async def test_a_lock_waiter_behind_a_holder_of_the_same_client_is_cut_off_by_a_close(
+    proxy: FaultProxy, other: BreakerClient
+) -> None:
+    # Closing revokes the holder's lease, so the key goes and the wait ends;
+    # the waiter must still see a connection failure, not a lost lease.
+    with anyio.fail_after(HANG):
+        etcd = client_of(proxy)
+        async with etcd:
+            holder = etcd.lock(b"/close/same", ttl=30)
+            assert await holder.acquire()
+            waiters = [
+                etcd.lock(b"/close/same", ttl=30, timeout=None) for _ in range(3)
+            ]
+            tasks = [asyncio.create_task(waiter.acquire()) for waiter in waiters]
+            # The holder's grant and attempt; each waiter's grant and attempt,
+            # then the watches on the holder.
+            await proxy.wait_for_requests(2 + 2 * len(waiters))
+            await asyncio.sleep(0.3)
+
+        for task in tasks:
+            with pytest.raises(aetcd.ConnectionFailedError):
+                await task
+        assert all(waiter.lease is None for waiter in waiters)
+        # The key is free: the holder's lease was revoked, no waiter took it.
+        assert await other.get(b"/close/same") is None
+
+
 async def test_a_call_after_close_fails_at_once_uncounted_until_reopened(
     proxy: FaultProxy,
 ) -> None:

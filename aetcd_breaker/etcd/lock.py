@@ -64,6 +64,9 @@ _ID_BITS: Final = 62
 
 
 _LOCK_TIMEOUT: Any = object()
+_CLOSED_WHILE_ACQUIRING: Final = (
+    "the BreakerClient was closed while the lock was acquired"
+)
 
 # Revokes that outlived the acquisition that started them; the loop keeps
 # only a weak reference to a task.
@@ -252,7 +255,7 @@ class Lock:
                 with _cut_short(session, cut):
                     await self._grant(seconds)
                 continue
-            self.lease.check()
+            self._check_lease()
             txn = self._client.transactions
             try:
                 with _cut_short(session, cut):
@@ -265,7 +268,7 @@ class Lock:
                     )
             except aetcd.ClientError:
                 # etcd's "lease not found", once the keeper knows it lost it.
-                self.lease.check()
+                self._check_lease()
                 raise
             first = False
             if succeeded:
@@ -314,13 +317,25 @@ class Lock:
         # The keeper may have given the lease up while the transaction was on
         # its way: the key is then bound to a lease nobody can rely on, and
         # the lock is not held (abandoning revokes the lease, and the key).
-        assert self.lease is not None
-        self.lease.check()
+        self._check_lease()
         self._held = True
         self._lost = None
         self._event = None
         self._granting = None
         return True
+
+    def _check_lease(self) -> None:
+        """Raise the loss of the lease of an acquisition in progress.
+
+        Closing the client cuts an acquisition off like every call it cuts
+        off, as a connection failure: also when the close, revoking the
+        holder's lease, let the wait end first.
+        """
+        lease = self.lease
+        assert lease is not None
+        if lease.lost_reason == CLOSED:
+            raise aetcd.ConnectionFailedError(_CLOSED_WHILE_ACQUIRING)
+        lease.check()
 
     def _lease_lost(self, error: LeaseLostError) -> None:
         # While acquiring, the next attempt finds the loss through check().
