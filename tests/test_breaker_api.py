@@ -1134,6 +1134,35 @@ async def test_a_hook_that_disables_or_resets_on_half_open_lets_the_call_run(
     assert breaker.state is (State.DISABLED if action == "disable" else State.CLOSED)
 
 
+async def test_a_hook_that_moves_the_state_lets_every_hook_hear_in_order(
+    clock: FakeClock,
+) -> None:
+    heard: dict[str, list[int]] = {"first": [], "second": []}
+
+    def first(change: StateChange) -> None:
+        heard["first"].append(change.generation)
+        if change.to_state is State.OPEN:
+            breaker.reset()
+
+    def second(change: StateChange) -> None:
+        heard["second"].append(change.generation)
+
+    breaker = CircuitBreaker(
+        failure_threshold=1, clock=clock, on_state_change=[first, second]
+    )
+    with capture_logs() as logs, pytest.raises(Boom):
+        await breaker.call(fail)
+
+    assert breaker.state is State.CLOSED
+    # Not the reset first and the opening last, which would leave a hook
+    # that follows the state believing that the breaker is open.
+    assert heard == {"first": [2, 3], "second": [2, 3]}
+    assert [(e["to_state"], e["generation"]) for e in logs] == [
+        ("open", 2),
+        ("closed", 3),
+    ]
+
+
 def test_decorating_an_async_generator_is_refused_by_name() -> None:
     async def events() -> AsyncIterator[int]:
         yield 1

@@ -129,6 +129,7 @@ class CircuitBreaker:
         "_changed_at",
         "_clock",
         "_custom_rules",
+        "_emitting",
         "_fast_gen",
         "_generation",
         "_half_open_until",
@@ -245,6 +246,8 @@ class CircuitBreaker:
         self._half_open_until: float | None = None
         self._interval_end: float | None = None
         self._waiters: anyio.Event | None = None
+        # Changes made by a hook while others are told, told after them.
+        self._emitting: list[StateChange] | None = None
         self._state = CLOSED
         self._changed_at = self._now()
         self._enter(settings.initial_state(initial_state), self._changed_at)
@@ -702,7 +705,19 @@ class CircuitBreaker:
             retry_after,
         )
         self._wake()
-        emit(change, self._hooks)
+        queued = self._emitting
+        if queued is not None:
+            # A hook moved the state while this change is being told: the
+            # rest of the hooks, and the log, hear of it after the first one,
+            # so every hook sees the changes in the order they happened.
+            queued.append(change)
+            return
+        self._emitting = queued = [change]
+        try:
+            while queued:
+                emit(queued.pop(0), self._hooks)
+        finally:
+            self._emitting = None
 
     def _enter(self, to: State, now: float) -> None:
         if to is OPEN:
