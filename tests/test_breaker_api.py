@@ -722,6 +722,36 @@ def same(a: object, b: object) -> bool:
 
 
 @pytest.mark.parametrize(
+    ("setting", "value", "kind"),
+    [
+        ("start", NAN, V),
+        ("start", 2**2000, V),
+        ("start", "0", T),
+        ("start", True, T),
+        ("seconds", -1, V),
+        ("seconds", INF, V),
+        ("seconds", 2**2000, V),
+        ("seconds", "1", T),
+        ("seconds", None, T),
+    ],
+)
+def test_a_fake_clock_names_a_bad_start_or_step(
+    setting: str, value: object, kind: type
+) -> None:
+    # A test helper too: not a bare TypeError or OverflowError, nor a clock
+    # moved to infinity.
+    with pytest.raises(kind) as caught:
+        if setting == "start":
+            FakeClock(value)  # type: ignore[arg-type]
+        else:
+            FakeClock().advance(value)  # type: ignore[arg-type]
+
+    assert isinstance(caught.value, BreakerError)
+    assert str(caught.value).startswith(f"{setting} must be ")
+    assert str(caught.value).endswith(repr(value))
+
+
+@pytest.mark.parametrize(
     ("make", "setting", "value", "kind"), breaker_cases() + part_cases()
 )
 def test_bad_setting_raises_an_error_naming_the_setting_and_the_value(

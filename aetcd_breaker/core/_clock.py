@@ -13,6 +13,8 @@ from typing import Protocol, runtime_checkable
 
 import anyio
 
+from .errors import InvalidSettingError, InvalidSettingTypeError
+
 __all__ = [
     "Clock",
     "ClockScope",
@@ -107,6 +109,21 @@ def scope_until(clock: Clock, when: float | None) -> anyio.CancelScope | ClockSc
     return ClockScope(clock, when)
 
 
+def _fake_seconds(setting: str, value: object, *, low: float | None) -> float:
+    """A finite number for a fake clock (at least ``low``), or a named error."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidSettingTypeError(setting, value, "a number of seconds")
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int past float range
+        seconds = math.inf
+    if not math.isfinite(seconds):
+        raise InvalidSettingError(setting, value, "a finite number")
+    if low is not None and not seconds >= low:
+        raise InvalidSettingError(setting, value, f"at least {low:g}")
+    return seconds
+
+
 class _FakeTimer:
     __slots__ = ("callback", "cancelled")
 
@@ -127,9 +144,7 @@ class FakeClock:
     """
 
     def __init__(self, start: float = 0.0) -> None:
-        if not math.isfinite(start):
-            raise ValueError(f"start must be a finite number, got {start!r}")
-        self._now = float(start)
+        self._now = _fake_seconds("start", start, low=None)
         self._seq = itertools.count()
         self._timers: list[tuple[float, int, _FakeTimer]] = []
 
@@ -166,9 +181,7 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         """Move time forward and run whatever has fallen due, in time order."""
-        if not seconds >= 0:
-            raise ValueError(f"seconds must be >= 0, got {seconds!r}")
-        self._now += seconds
+        self._now += _fake_seconds("seconds", seconds, low=0)
         while self._timers and self._timers[0][0] <= self._now:
             timer = heapq.heappop(self._timers)[2]
             if not timer.cancelled:
