@@ -114,3 +114,48 @@ async def test_acquire_without_a_timeout_uses_the_locks_own(
             assert await waiter.acquire() is False
 
         await holder.release()
+
+
+@pytest.mark.parametrize("value", ["no", 1, None, math.nan])
+async def test_a_yes_or_no_setting_that_is_not_a_bool_is_refused_by_name(
+    value: Any,
+) -> None:
+    # cancel_on_lost="no" would otherwise cancel the block on a loss.
+    client = BreakerClient("127.0.0.1", 1)
+    makers = {
+        "cancel_on_lost": [
+            lambda: client.lease_keeper(5, cancel_on_lost=value),
+            lambda: client.lock(b"/lock", cancel_on_lost=value),
+        ],
+        "close_client": [
+            lambda: BreakerClient.wrap(
+                client._session.channels.current.client, close_client=value
+            ),
+        ],
+    }
+    for setting, made in makers.items():
+        for make in made:
+            with pytest.raises(InvalidSettingTypeError) as info:
+                make()
+            assert str(info.value).startswith(f"{setting} must be True or False")
+    for setting in ("progress_notify", "prev_kv", "fragment"):
+        for watch in (client.watch, client.watch_prefix, client.watch_once):
+            with pytest.raises(InvalidSettingTypeError) as info:
+                await watch(b"/key", **{setting: value})
+            assert str(info.value).startswith(f"{setting} must be True or False")
+    assert client.breaker.metrics().calls == 0
+
+
+@pytest.mark.parametrize("key", ["/key", 7, None])
+async def test_a_watch_key_that_is_not_bytes_is_refused_before_any_call(
+    key: Any,
+) -> None:
+    client = BreakerClient("127.0.0.1", 1)
+
+    for watch in (client.watch, client.watch_once):
+        with pytest.raises(InvalidSettingTypeError, match=r"^key must be bytes"):
+            await watch(key)
+    if key is not None:  # None is no range end: the watch of one key
+        with pytest.raises(InvalidSettingTypeError, match=r"^range_end must be"):
+            await client.watch(b"/a", key)
+    assert client.breaker.metrics().calls == 0

@@ -12,6 +12,7 @@ from ._session import check_timeout
 
 __all__ = [
     "check_connection",
+    "check_flag",
     "check_hook",
     "check_lease_id",
     "check_ttl",
@@ -74,6 +75,13 @@ def check_connection(
     if not isinstance(options, Mapping):
         raise InvalidSettingTypeError("options", options, "a mapping of gRPC options")
     return dict(options)
+
+
+def check_flag(setting: str, value: object) -> bool:
+    """A yes-or-no setting: a bool, not whatever happens to be truthy."""
+    if not isinstance(value, bool):
+        raise InvalidSettingTypeError(setting, value, "True or False")
+    return value
 
 
 def check_ttl(value: object) -> int:

@@ -14,6 +14,7 @@ from aetcd.exceptions import _handle_exception
 from ..core import InvalidSettingError, InvalidSettingTypeError
 from ..core.policies import check_count
 from ._channel import Inner
+from ._connection import check_flag
 from .errors import WatchCompactedError
 
 __all__ = [
@@ -67,6 +68,16 @@ class WatchSpec:
         fragment: bool,
     ) -> WatchSpec:
         """Check ``watch()``'s arguments; ``start_revision`` 0 means "from now"."""
+        if not isinstance(key, bytes):
+            raise InvalidSettingTypeError("key", key, "bytes")
+        if range_end is not None and not isinstance(range_end, bytes):
+            raise InvalidSettingTypeError("range_end", range_end, "bytes or None")
+        for flag, on in (
+            ("progress_notify", progress_notify),
+            ("prev_kv", prev_kv),
+            ("fragment", fragment),
+        ):
+            check_flag(flag, on)
         if kind is not None and not isinstance(kind, aetcd.EventKind):
             raise InvalidSettingTypeError("kind", kind, "an aetcd.EventKind")
         filters = () if kind is None else _FILTERS[kind]

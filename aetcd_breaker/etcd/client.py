@@ -11,7 +11,7 @@ import aetcd
 from ..core import CircuitBreaker, InvalidSettingTypeError
 from ._channel import LOCAL_SUBCHANNEL_POOL, Channels, Inner, factory_of
 from ._cluster import ClusterOps
-from ._connection import check_connection
+from ._connection import check_connection, check_flag
 from ._keys import KeyOps
 from ._options import NO_FALLBACK, configure
 from ._session import Session, check_timeout
@@ -119,6 +119,7 @@ class BreakerClient(KeyOps, ClusterOps):
         """
         if not isinstance(client, aetcd.Client):
             raise InvalidSettingTypeError("client", client, "an aetcd.Client")
+        check_flag("close_client", close_client)
         self = cls.__new__(cls)
         self._setup(client, close_client, breaker, call_timeout, is_failure)
         configure(self._session, retry, fallback, stale_reads)

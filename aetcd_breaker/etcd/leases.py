@@ -38,7 +38,7 @@ import anyio
 from ..core import CircuitOpenError
 from ..core._clock import scope_until
 from . import _ops as ops
-from ._connection import check_hook, check_ttl
+from ._connection import check_flag, check_hook, check_ttl
 from .errors import CLOSED, EXPIRED, GONE, ClientClosedError, LeaseLostError
 
 if TYPE_CHECKING:
@@ -240,8 +240,8 @@ class LeaseKeeper:
         self._ttl = None if lease is not None and ttl is None else check_ttl(ttl)
         self._lease = lease
         self._on_lost = check_hook(on_lost)
-        self._cancel_on_lost = cancel_on_lost
-        self._revoke = revoke
+        self._cancel_on_lost = check_flag("cancel_on_lost", cancel_on_lost)
+        self._revoke = check_flag("revoke", revoke)
         self._timeout = call_timeout
         self._keeping: KeepAlive | None = None
         self._scope: anyio.CancelScope | None = None

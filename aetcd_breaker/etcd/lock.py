@@ -39,7 +39,7 @@ import anyio
 from ..core import CircuitOpenError
 from ..core._clock import scope_until
 from . import _ops as ops
-from ._connection import check_hook, check_ttl, check_wait
+from ._connection import check_flag, check_hook, check_ttl, check_wait
 from ._holder import wait_for_delete
 from ._session import check_timeout
 from .errors import (
@@ -151,7 +151,7 @@ class Lock:
         self.revision: int | None = None
         self._lost: LeaseLostError | None = None
         self._on_lost = check_hook(on_lost)
-        self._cancel_on_lost = cancel_on_lost
+        self._cancel_on_lost = check_flag("cancel_on_lost", cancel_on_lost)
         self._granting: int | None = None
         # Acquiring or releasing: the lease and keeper are in flux.
         self._busy = False
