@@ -107,6 +107,41 @@ async def test_answers_of_etcd_are_not_replaced_by_a_fallback(
     assert etcd.fallbacks == 0
 
 
+async def test_a_call_cut_off_by_closing_the_client_falls_back_to_nothing(
+    etcd_server: EtcdServer,
+) -> None:
+    # Like a call made after the close: raised, uncounted, neither a
+    # fallback nor a stale answer.
+    async with FaultProxy(etcd_server.host, etcd_server.port) as proxy:
+        etcd = client_of(
+            proxy,
+            call_timeout=30,
+            fallback=b"fallback",
+            stale_reads=StaleCache(max_entries=10),
+        )
+        async with etcd:
+            await etcd.put(b"/fallback/cut", b"v")
+            await etcd.get(b"/fallback/cut")
+            proxy.black_hole()
+            async with anyio.create_task_group() as tg:
+                outcomes: list[object] = []
+
+                async def read(**options: Any) -> None:
+                    try:
+                        outcomes.append(await etcd.get(b"/fallback/cut", **options))
+                    except aetcd.ConnectionFailedError as exc:
+                        outcomes.append(type(exc))
+
+                tg.start_soon(read)
+                tg.start_soon(lambda: read(retry=True))
+                await anyio.sleep(0.2)
+                await etcd.close()
+
+    assert outcomes == [aetcd.ConnectionFailedError] * 2
+    assert etcd.fallbacks == etcd.stale_answers == 0
+    assert etcd.breaker.metrics().failures == 0
+
+
 async def test_client_fallback_applies_to_key_reads_only(
     etcd_server_session: EtcdServer,
 ) -> None:

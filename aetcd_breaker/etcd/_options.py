@@ -113,8 +113,11 @@ async def run(
             result = await call_retrying(session, policy, op, call_timeout, args)
     except Exception as exc:
         # Only rejections and failures that count: an answer of etcd (a bad
-        # argument, a failed precondition) is the caller's to handle.
-        if not isinstance(exc, CircuitOpenError) and not session.counts(exc):
+        # argument, a failed precondition) is the caller's to handle, and so
+        # is a call that closing the client cut off, uncounted.
+        if not isinstance(exc, CircuitOpenError) and (
+            session.closed or not session.counts(exc)
+        ):
             raise
         if stale is not None:
             answer = stale.answer((op, *args), session.clock.now())
