@@ -8,6 +8,7 @@ from typing import IO, TYPE_CHECKING, Any
 import aetcd
 
 from . import _ops as ops
+from ._arguments import check_urls
 from ._lease_ops import LeaseOps, Retrying
 from ._options import DEFAULT, IDEMPOTENT, WRITE, run
 from .objects import Member
@@ -59,6 +60,7 @@ class ClusterOps(LeaseOps):
         fallback: Any = DEFAULT,
     ) -> Member:
         """Add a member with peer URLs ``urls`` to the cluster."""
+        check_urls("urls", urls)
         s = self._session
         if s.plain and retry is None and fallback is DEFAULT:
             raw = await s.call(ops.ADD_MEMBER, call_timeout, urls)
@@ -95,6 +97,7 @@ class ClusterOps(LeaseOps):
         fallback: Any = DEFAULT,
     ) -> None:
         """Give a member new peer URLs."""
+        check_urls("peer_urls", peer_urls)
         s = self._session
         if s.plain and retry is None and fallback is DEFAULT:
             await s.call(ops.UPDATE_MEMBER, call_timeout, member_id, peer_urls)

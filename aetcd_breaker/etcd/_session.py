@@ -23,6 +23,7 @@ from ..core._deadline import (
 from ..core.breaker import ADMIT
 from ..core.guard import Permit
 from ..core.policies import finite
+from ._arguments import name_refused
 from ._channel import Channels, Inner
 from .errors import ClientClosedError, EtcdCallTimeoutError, EtcdCircuitOpenError
 
@@ -180,6 +181,7 @@ class Session:
                 channels.drained(inner)
             late = timed_out(task, base, key, registry, exc)
             self.settle(permit, late, seconds, inner, exc)
+            name_refused(op, args, exc)
             raise
         inner.calls -= 1
         if inner.retired:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ..core import InvalidSettingError, State
 from ..core._deadline import redeliver_cancellation, start_deadline
 from ..core.policies import check_count, check_number
+from ._arguments import name_refused
 from ._session import check_timeout
 from .errors import EtcdCircuitOpenError
 
@@ -117,6 +118,7 @@ async def call_retrying(
                 or clock.now() + wait >= give_up_at
             ):
                 session.settle(permit, deadline.expired(exc), seconds, inner, exc)
+                name_refused(op, args, exc)
                 raise
             if not _admits_retry(session, permit.generation):
                 session.settle(permit, deadline.expired(exc), seconds, inner, exc)
