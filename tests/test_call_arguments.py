@@ -85,16 +85,22 @@ async def test_a_bad_argument_is_named_with_its_value_and_counts_nothing(
         (lambda c: c.add_member("http://127.0.0.1:1"), "urls"),
         (lambda c: c.add_member([b"http://127.0.0.1:1"]), "urls"),
         (lambda c: c.update_member(1, "http://127.0.0.1:1"), "peer_urls"),
+        (lambda c: c.snapshot("/tmp/snapshot.db"), "file_obj"),
     ],
-    ids=["add_member, a str", "add_member, bytes in the list", "update_member, a str"],
+    ids=[
+        "add_member, a str",
+        "add_member, bytes in the list",
+        "update_member, a str",
+        "snapshot, a path instead of a file",
+    ],
 )
-async def test_peer_urls_that_are_not_a_list_of_str_are_refused_before_any_call(
+async def test_peer_urls_or_a_snapshot_file_of_the_wrong_kind_are_refused_up_front(
     call: Call, argument: str
 ) -> None:
     # A lone str would reach etcd as one URL a character.
     client = BreakerClient("127.0.0.1", 1)
 
-    with pytest.raises(InvalidSettingTypeError, match=rf"^{argument} must be a list"):
+    with pytest.raises(InvalidSettingTypeError, match=rf"^{argument} must be a"):
         await call(client)
 
     assert client.breaker.metrics().calls == 0

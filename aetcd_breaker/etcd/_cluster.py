@@ -7,6 +7,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import aetcd
 
+from ..core import InvalidSettingTypeError
 from . import _ops as ops
 from ._arguments import check_urls
 from ._lease_ops import LeaseOps, Retrying
@@ -265,6 +266,10 @@ class ClusterOps(LeaseOps):
         Think twice before ``retry=``: a failed attempt may have written part
         of the snapshot already.
         """
+        if not callable(getattr(file_obj, "write", None)):
+            raise InvalidSettingTypeError(
+                "file_obj", file_obj, "a binary file open for writing"
+            )
         timeout = self._session.slow(call_timeout)
         s = self._session
         if s.plain and retry is None and fallback is DEFAULT:
