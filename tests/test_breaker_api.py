@@ -1240,3 +1240,40 @@ async def test_wait_ready_woken_by_a_state_change_leaves_no_timer_behind(
     # Nobody waits any more: a sleeper counted here would mislead
     # wait_for_sleepers() in the next test step.
     assert clock.sleepers == 0
+
+
+async def test_hooks_see_a_change_made_by_an_earlier_hook_after_the_one_it_followed(
+    clock: FakeClock,
+) -> None:
+    seen: list[tuple[str, State, State]] = []
+
+    def force_open_on_open(change: StateChange) -> None:
+        seen.append(("first", change.from_state, change.to_state))
+        if change.to_state is State.OPEN:
+            breaker.force_open()
+
+    def gauge(change: StateChange) -> None:
+        seen.append(("second", change.from_state, change.to_state))
+
+    breaker = CircuitBreaker(
+        name="db",
+        failure_threshold=1,
+        clock=clock,
+        on_state_change=[force_open_on_open, gauge],
+    )
+    with capture_logs() as logs:
+        await trip(breaker)
+
+    # Every hook is told of the trip before the change its first hook made,
+    # so the last change a hook saw is the state the breaker is in.
+    assert seen == [
+        ("first", State.CLOSED, State.OPEN),
+        ("second", State.CLOSED, State.OPEN),
+        ("first", State.OPEN, State.FORCED_OPEN),
+        ("second", State.OPEN, State.FORCED_OPEN),
+    ]
+    assert breaker.state is State.FORCED_OPEN
+    assert [(log["from_state"], log["to_state"]) for log in logs] == [
+        ("closed", "open"),
+        ("open", "forced_open"),
+    ]
