@@ -207,7 +207,7 @@ class Model:
             if successes >= self.max_requests:
                 self.move("closed", "trials_succeeded")
         elif self.calls >= self.max_requests:
-            if successes >= self.ratio * self.calls:
+            if successes / self.calls >= self.ratio:
                 self.move("closed", "trials_succeeded")
             else:
                 self.move("open", "trials_failed")

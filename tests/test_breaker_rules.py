@@ -601,3 +601,53 @@ async def test_a_time_window_rate_rule_fires_on_a_success_once_old_buckets_age_o
     await breaker.call(ok)
 
     assert breaker.state is State.OPEN
+
+
+@pytest.mark.parametrize(
+    ("threshold", "failures", "calls"),
+    [(0.55, 55, 100), (0.07, 7, 100), (0.56, 14, 25), (0.28, 7, 25)],
+)
+def test_rate_rules_fire_at_exactly_their_threshold(
+    threshold: float, failures: int, calls: int
+) -> None:
+    # failures / calls == threshold, though threshold * calls rounds above it.
+    assert failures < threshold * calls
+    at_threshold = Counts(
+        calls=calls, successes=calls - failures, failures=failures, slow_calls=failures
+    )
+
+    assert FailureRate(threshold, minimum_calls=calls)(at_threshold)
+    assert SlowCallRate(threshold, 1.0, minimum_calls=calls)(at_threshold)
+
+
+async def test_a_count_window_trips_at_exactly_the_failure_rate(
+    clock: FakeClock,
+) -> None:
+    breaker = CircuitBreaker(
+        failure_threshold=None,
+        window=CountWindow(25),
+        trip_rules=[FailureRate(0.56, minimum_calls=25)],
+        clock=clock,
+    )
+    await run(breaker, "S" * 11 + "F" * 13)
+    assert breaker.state is State.CLOSED
+
+    await run(breaker, "F")  # 14 of 25: 56 %
+
+    assert breaker.state is State.OPEN
+
+
+async def test_success_ratio_closes_at_exactly_its_ratio(clock: FakeClock) -> None:
+    breaker = CircuitBreaker(
+        failure_threshold=1,
+        reset_timeout=1,
+        max_requests=100,
+        success_ratio=0.07,
+        clock=clock,
+    )
+    await run(breaker, "F")
+    clock.advance(1)
+
+    await run(breaker, "S" * 7 + "F" * 93)  # 7 of 100: 7 %
+
+    assert breaker.state is State.CLOSED

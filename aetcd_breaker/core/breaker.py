@@ -633,7 +633,7 @@ class CircuitBreaker:
             if successes >= self._max_requests:
                 self._transition(CLOSED, "trials_succeeded", self._now())
         elif done >= self._max_requests:
-            if successes >= ratio * done:
+            if successes / done >= ratio:
                 self._transition(CLOSED, "trials_succeeded", self._now())
             else:
                 self._transition(OPEN, "trials_failed", self._now())

@@ -91,9 +91,11 @@ class FailureRate:
         check_count("FailureRate.minimum_calls", self.minimum_calls)
 
     def __call__(self, counts: Counts) -> bool:
+        # failures / calls, as documented: threshold * calls can round up
+        # past a whole count (0.55 * 100 is 55.00000000000001).
         return (
             counts.calls >= self.minimum_calls
-            and counts.failures >= self.threshold * counts.calls
+            and counts.failures / counts.calls >= self.threshold
         )
 
 
@@ -119,7 +121,7 @@ class SlowCallRate:
     def __call__(self, counts: Counts) -> bool:
         return (
             counts.calls >= self.minimum_calls
-            and counts.slow_calls >= self.threshold * counts.calls
+            and counts.slow_calls / counts.calls >= self.threshold
         )
 
 
