@@ -651,3 +651,39 @@ async def test_success_ratio_closes_at_exactly_its_ratio(clock: FakeClock) -> No
     await run(breaker, "S" * 7 + "F" * 93)  # 7 of 100: 7 %
 
     assert breaker.state is State.CLOSED
+
+
+def test_slow_call_rules_with_different_durations_are_refused_by_name() -> None:
+    # One slow-call count cannot judge calls by two durations: a 0.2 s call
+    # would count as slow for a rule that only calls 1 s slow.
+    with pytest.raises(InvalidSettingError) as raised:
+        CircuitBreaker(
+            trip_rules=[
+                SlowCallRate(0.5, slow_call_duration=1.0),
+                SlowCallRate(0.9, slow_call_duration=0.1),
+            ]
+        )
+
+    assert raised.value.setting == "SlowCallRate.slow_call_duration"
+    assert raised.value.value == 0.1
+    assert "the same in every SlowCallRate rule (1)" in str(raised.value)
+
+
+async def test_slow_call_rules_sharing_a_duration_both_judge_by_it(
+    clock: FakeClock,
+) -> None:
+    breaker = CircuitBreaker(
+        failure_threshold=None,
+        trip_rules=[
+            SlowCallRate(0.9, slow_call_duration=1.0, minimum_calls=2),
+            SlowCallRate(0.5, slow_call_duration=1, minimum_calls=4),
+        ],
+        clock=clock,
+    )
+    for seconds in (0.5, 0.5, 1.0):
+        await breaker.call(timed(clock, seconds))
+    assert breaker.state is State.CLOSED
+
+    await breaker.call(timed(clock, 1.0))  # 2 slow calls of 4
+
+    assert breaker.state is State.OPEN

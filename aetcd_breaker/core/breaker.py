@@ -229,7 +229,16 @@ class CircuitBreaker:
         slow = [
             r.slow_call_duration for r in self._rules if isinstance(r, SlowCallRate)
         ]
-        self._slow_after = min(slow) if slow else None
+        for duration in slow:
+            # The counts hold one number of slow calls: a second duration
+            # would be judged by the first one's.
+            if duration != slow[0]:
+                raise InvalidSettingError(
+                    "SlowCallRate.slow_call_duration",
+                    duration,
+                    f"the same in every SlowCallRate rule ({slow[0]:g})",
+                )
+        self._slow_after = slow[0] if slow else None
 
         # Lifetime totals, and the totals at the moment the rule counts were
         # last cleared: the counts the rules see are the differences, which
