@@ -620,3 +620,56 @@ async def test_wheel_deadline_is_due_within_one_slot_at_any_sign_of_loop_time(
 
     [when] = loop.timers
     assert now + 0.0123 <= when <= now + 0.0123 + _deadline.RESOLUTION
+
+
+class CleanupFailed(Exception):
+    """A task of the wrapped call failed while it was being cancelled."""
+
+
+async def fails_when_cut_off() -> None:
+    """A call whose child task raises on its way out of the cancellation."""
+
+    async def child() -> None:
+        try:
+            await never()
+        finally:
+            raise CleanupFailed("cleanup failed")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(child)
+        await never()
+
+
+@pytest.mark.parametrize("guard", [False, True], ids=["call", "guard"])
+async def test_an_error_left_beside_the_deadline_cancellation_ends_the_trial(
+    clock: FakeClock, guard: bool
+) -> None:
+    breaker = CircuitBreaker(
+        failure_threshold=1, reset_timeout=1, call_timeout=5, clock=clock
+    )
+    with pytest.raises(Boom):
+        await breaker.call(fail)
+    clock.advance(1)
+    assert breaker.state is State.HALF_OPEN
+
+    async def trial() -> None:
+        if guard:
+            async with breaker.guard():
+                await fails_when_cut_off()
+        else:
+            await breaker.call(fails_when_cut_off)
+
+    async def cut_off() -> None:
+        await clock.wait_for_sleepers(1)
+        clock.advance(5)
+
+    with pytest.raises(BaseExceptionGroup) as raised:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(cut_off)
+            await trial()
+
+    assert raised.group_contains(CleanupFailed)
+    # The trial failed, as on asyncio, rather than keeping its permit forever
+    # (trio's scope raised what was left of the group past the breaker).
+    assert breaker.state is State.OPEN
+    assert breaker.metrics().failures == 2

@@ -384,7 +384,14 @@ class CircuitBreaker:
             if deadline is None:
                 self._settle_error(gen, kind, started, exc)
                 raise
-            if deadline.expired(exc):
+            try:
+                timed_out = deadline.expired(exc)
+            except BaseException as rest:
+                # On trio the deadline's scope takes its own cancellation out
+                # of an exception group and raises the rest: the outcome.
+                self._settle_error(gen, kind, started, rest)
+                raise
+            if timed_out:
                 self._failed(gen, kind, started, True)
                 raise CallTimeoutError(self._name, timeout) from None  # type: ignore[arg-type]
             self._settle_error(gen, kind, started, exc)

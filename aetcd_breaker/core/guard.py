@@ -67,10 +67,18 @@ class Guard:
         permit = self._permit
         assert permit is not None
         deadline = self._deadline
-        if deadline is not None and deadline.expired(exc):
-            breaker.record_failure(permit, timed_out=True)
-            assert self._timeout is not None
-            raise CallTimeoutError(breaker.name, self._timeout) from None
+        if deadline is not None:
+            try:
+                timed_out = deadline.expired(exc)
+            except BaseException as rest:
+                # On trio the deadline's scope takes its own cancellation out
+                # of an exception group and raises the rest: the outcome.
+                breaker.record_exception(permit, rest)
+                raise
+            if timed_out:
+                breaker.record_failure(permit, timed_out=True)
+                assert self._timeout is not None
+                raise CallTimeoutError(breaker.name, self._timeout) from None
         if exc is None:
             breaker.record_success(permit)
             return
