@@ -110,6 +110,44 @@ def _mypy(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def test_a_decorated_function_is_typed_as_a_coroutine_function(
+    tmp_path: pathlib.Path,
+) -> None:
+    usage = tmp_path / "usage.py"
+    usage.write_text(
+        textwrap.dedent(
+            """
+            import asyncio
+
+            from aetcd_breaker import CircuitBreaker
+
+            breaker = CircuitBreaker()
+
+            @breaker
+            async def lookup(key: str) -> int:
+                return 0
+
+            class Store:
+                @breaker
+                async def get(self, key: str) -> str:
+                    return key
+
+            async def main() -> None:
+                task = asyncio.create_task(lookup("k"))
+                reveal_type(await task)
+                reveal_type(await Store().get("k"))
+
+            asyncio.run(lookup("k"))
+            """
+        )
+    )
+    done = _mypy("--strict", str(usage))
+    assert done.returncode == 0, done.stdout
+    lines = done.stdout.splitlines()
+    assert 'Revealed type is "int"' in lines[0]
+    assert 'Revealed type is "str"' in lines[1]
+
+
 def test_the_package_passes_strict_mypy() -> None:
     done = _mypy("--strict", "aetcd_breaker")
     assert done.returncode == 0, done.stdout[-4000:]

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, Final, ParamSpec, TypeVar
 
 import anyio
@@ -416,8 +416,14 @@ class CircuitBreaker:
             timeout = settings.optional_seconds("timeout", timeout)
         return Guard(self, timeout)
 
-    def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
-        """Use the breaker as a decorator on an async function."""
+    def __call__(
+        self, fn: Callable[P, Awaitable[T]]
+    ) -> Callable[P, Coroutine[Any, Any, T]]:
+        """Use the breaker as a decorator on an async function.
+
+        The result is an ``async def`` function, typed as one, so its calls
+        can go to ``asyncio.create_task`` or ``asyncio.run``.
+        """
         plain_def = inspect.isfunction(fn) and not inspect.iscoroutinefunction(fn)
         if not callable(fn) or plain_def or inspect.isasyncgenfunction(fn):
             raise InvalidSettingTypeError(
