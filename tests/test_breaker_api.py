@@ -575,6 +575,8 @@ BREAKER_SETTINGS: list[tuple[str, object, type]] = [
     ("success_ratio", "1", T),
     ("is_failure", 5, T),
     ("is_failure", "yes", T),
+    ("is_failure", TimeoutError, T),
+    ("on_state_change", StateChange, T),
     ("on_state_change", 5, T),
     ("on_state_change", "hook", T),
     ("trip_rules", "rule", T),
@@ -611,6 +613,13 @@ def breaker_cases() -> list[Any]:
             5,
             T,
             id="on_state_change=[print, 5]",
+        ),
+        pytest.param(
+            lambda: CircuitBreaker(on_state_change=[print, StateChange]),
+            "on_state_change",
+            StateChange,
+            T,
+            id="on_state_change=[print, StateChange]",
         ),
         pytest.param(
             lambda: CircuitBreaker(trip_rules=[FailureRate(0.5), 1]),

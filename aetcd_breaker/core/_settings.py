@@ -59,8 +59,10 @@ def window(window: object) -> Window | None:
 
 
 def callable_or_none(setting: str, value: Any) -> Any:
-    if value is not None and not callable(value):
-        raise InvalidSettingTypeError(setting, value, "a callable or None")
+    # A class is callable too: is_failure=TimeoutError would call every
+    # exception a failure, since TimeoutError(exc) is always true.
+    if value is not None and (not callable(value) or isinstance(value, type)):
+        raise InvalidSettingTypeError(setting, value, "a function or None")
     return value
 
 
@@ -75,6 +77,8 @@ def clock(clock: object) -> Clock:
 
 
 def hooks(hooks: object) -> tuple[StateChangeHook, ...]:
+    if isinstance(hooks, type):
+        raise InvalidSettingTypeError("on_state_change", hooks, "a callable")
     if callable(hooks):
         return (hooks,)
     if isinstance(hooks, str | bytes) or not isinstance(hooks, Iterable):
@@ -83,7 +87,7 @@ def hooks(hooks: object) -> tuple[StateChangeHook, ...]:
         )
     checked = tuple(hooks)
     for hook in checked:
-        if not callable(hook):
+        if not callable(hook) or isinstance(hook, type):
             raise InvalidSettingTypeError("on_state_change", hook, "a callable")
     return checked
 
