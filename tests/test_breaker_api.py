@@ -595,6 +595,20 @@ BREAKER_SETTINGS: list[tuple[str, object, type]] = [
 ]
 
 
+class _NoTimeSaid:
+    """A window that does not say whether it needs the time."""
+
+    def record(self, now: float, failed: bool, slow: bool) -> None: ...
+
+    def totals(self, now: float) -> tuple[int, int, int]:
+        return 0, 0, 0
+
+    def clear(self) -> None: ...
+
+
+NO_TIME_SAID = _NoTimeSaid()
+
+
 def breaker_cases() -> list[Any]:
     cases = [
         pytest.param(
@@ -641,6 +655,13 @@ def breaker_cases() -> list[Any]:
             5,
             T,
             id="initial_state=5",
+        ),
+        pytest.param(
+            lambda: CircuitBreaker(window=NO_TIME_SAID),
+            "window",
+            NO_TIME_SAID,
+            T,
+            id="window without needs_time",
         ),
         pytest.param(
             lambda: CircuitBreaker(window=CountWindow),

@@ -52,7 +52,7 @@ def rules(rules: object) -> tuple[TripRule, ...]:
 def window(window: object) -> Window | None:
     if window is None:
         return None
-    needed = ("record", "totals", "clear")
+    needed = ("needs_time", "record", "totals", "clear")
     if isinstance(window, type) or not all(hasattr(window, a) for a in needed):
         raise InvalidSettingTypeError("window", window, "a CountWindow or TimeWindow")
     return window  # type: ignore[return-value]
