@@ -721,6 +721,8 @@ PART_SETTINGS: list[tuple[Callable[..., object], dict[str, Any], type]] = [
     (ExponentialBackoff, {"jitter": -0.1}, V),
     (ExponentialBackoff, {"jitter": 1.5}, V),
     (ExponentialBackoff, {"jitter": NAN}, V),
+    (ExponentialBackoff, {"jitter": 0.5, "rng": None}, T),
+    (ExponentialBackoff, {"rng": 42}, T),
     (guard, {"timeout": 0}, V),
     (guard, {"timeout": -1}, V),
     (guard, {"timeout": NAN}, V),

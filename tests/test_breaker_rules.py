@@ -528,6 +528,16 @@ def test_backoff_of_a_very_long_outage_stays_at_the_cap() -> None:
     assert math.isfinite(backoff(10**9))
 
 
+def test_backoff_from_a_tiny_base_grows_to_the_cap_without_overflow() -> None:
+    # factor ** 58 alone is past float range; base * factor ** 58 is not.
+    backoff = ExponentialBackoff(base=1e-300, factor=1e10, cap=1e300)
+    durations = [backoff(attempt) for attempt in range(1, 100)]
+
+    assert durations == sorted(durations)
+    assert math.isclose(durations[58], 1e280)
+    assert durations[-1] == 1e300
+
+
 async def test_open_duration_can_be_any_function_of_the_attempt(
     clock: FakeClock,
 ) -> None:

@@ -168,6 +168,10 @@ class ExponentialBackoff:
             raise InvalidSettingError(
                 "ExponentialBackoff.jitter", self.jitter, "between 0 and 1"
             )
+        if not callable(getattr(self.rng, "random", None)):
+            raise InvalidSettingTypeError(
+                "ExponentialBackoff.rng", self.rng, "a random.Random"
+            )
         if self.cap < self.base:
             raise InvalidSettingError(
                 "ExponentialBackoff.cap", self.cap, f"at least base ({self.base:g})"
@@ -176,10 +180,17 @@ class ExponentialBackoff:
     def __call__(self, attempt: int) -> float:
         exponent = max(0, attempt - 1)
         # Compare in log space so a long outage cannot overflow the float.
-        if exponent * math.log(self.factor) >= math.log(self.cap / self.base):
+        # (cap / base itself overflows for a tiny base, hence the difference).
+        growth = exponent * math.log(self.factor)
+        if growth >= math.log(self.cap) - math.log(self.base):
             duration = self.cap
         else:
-            duration = self.base * self.factor**exponent
+            try:
+                duration = min(self.cap, self.base * self.factor**exponent)
+            except OverflowError:
+                # factor ** exponent alone is past float range, the product
+                # is not (a tiny base): take the product in log space.
+                duration = min(self.cap, math.exp(math.log(self.base) + growth))
         if self.jitter:
             duration *= 1.0 - self.jitter * self.rng.random()
         return duration
