@@ -1177,6 +1177,30 @@ async def test_an_open_duration_policy_with_a_bad_answer_is_named_at_the_trip(
     assert breaker.state is State.CLOSED
 
 
+@pytest.mark.parametrize("ratio", [None, 0.5])
+async def test_a_policy_failing_on_a_failed_trial_leaves_the_permit_free(
+    clock: FakeClock, ratio: float | None
+) -> None:
+    breaker = CircuitBreaker(
+        failure_threshold=1,
+        reset_timeout=lambda opens: 1.0 if opens == 1 else "soon",
+        success_ratio=ratio,
+        clock=clock,
+    )
+    await trip(breaker)
+    clock.advance(1)
+
+    with pytest.raises(InvalidSettingTypeError):
+        await breaker.call(fail)
+
+    # Still half-open, as the policy could not tell how long to open for,
+    # but not wedged: the failed trial does not hold its permit for good.
+    assert breaker.state is State.HALF_OPEN
+    assert breaker.trials_in_flight == 0
+    assert await breaker.call(ok) == "ok"
+    assert breaker.state is State.CLOSED
+
+
 @pytest.mark.parametrize("action", ["disable", "reset"])
 async def test_a_hook_that_disables_or_resets_on_half_open_lets_the_call_run(
     clock: FakeClock, action: str

@@ -586,7 +586,11 @@ class CircuitBreaker:
             self._window.record(self._window_now(), False, slow)
         state = self._state
         if state is HALF_OPEN:
-            self._judge_trials()
+            try:
+                self._judge_trials()
+            except BaseException:
+                self._give_back(gen, kind)  # see _failed
+                raise
         elif state is CLOSED and self._rules and (slow or self._success_may_trip()):
             self._check_rules()
 
@@ -610,10 +614,16 @@ class CircuitBreaker:
         if state is CLOSED:
             self._check_rules()
         elif state is HALF_OPEN:
-            if self._success_ratio is None:
-                self._transition(OPEN, "trial_failed", self._now())
-            else:
-                self._judge_trials()
+            try:
+                if self._success_ratio is None:
+                    self._transition(OPEN, "trial_failed", self._now())
+                else:
+                    self._judge_trials()
+            except BaseException:
+                # The open-duration policy failed, so nothing changed: the
+                # trial gives its permit back rather than hold it for good.
+                self._give_back(gen, kind)
+                raise
 
     def _settle_error(
         self, gen: int, kind: int, started: float, exc: BaseException
