@@ -698,6 +698,8 @@ PART_SETTINGS: list[tuple[Callable[..., object], dict[str, Any], type]] = [
     # Past what memory can hold: named, not an OverflowError from bytearray.
     (CountWindow, {"size": 2**70}, V),
     (CountWindow, {"size": 2**2000}, V),
+    (CountWindow, {"size": 10_000_001}, V),
+    (CountWindow, {"size": 2**63}, V),
     (TimeWindow, {"seconds": 0}, V),
     (TimeWindow, {"seconds": -1}, V),
     (TimeWindow, {"seconds": NAN}, V),
@@ -710,6 +712,8 @@ PART_SETTINGS: list[tuple[Callable[..., object], dict[str, Any], type]] = [
     (TimeWindow, {"seconds": 10, "buckets": 1.5}, T),
     (TimeWindow, {"seconds": 1e300, "buckets": 2**70}, V),
     (TimeWindow, {"seconds": 10, "buckets": 2**2000}, V),
+    (TimeWindow, {"seconds": 1e9, "buckets": 1_000_001}, V),
+    (TimeWindow, {"seconds": 1e20, "buckets": 2**63}, V),
     (ExponentialBackoff, {"base": 0}, V),
     (ExponentialBackoff, {"base": -1}, V),
     (ExponentialBackoff, {"base": NAN}, V),

@@ -34,22 +34,21 @@ class Window(Protocol):
     def clear(self) -> None: ...
 
 
-def _positive_int(setting: str, value: object) -> int:
+MAX_SIZE = 10_000_000
+"""The most calls a CountWindow holds (a byte each)."""
+
+MAX_BUCKETS = 1_000_000
+"""The most buckets a TimeWindow has (24 bytes each)."""
+
+
+def _positive_int(setting: str, value: object, most: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidSettingTypeError(setting, value, "an int")
-    if value < 1:
-        raise InvalidSettingError(setting, value, "at least 1")
+    # A size past these would take gigabytes, or past the index range raise
+    # OverflowError, before the breaker ever ran.
+    if not 1 <= value <= most:
+        raise InvalidSettingError(setting, value, f"between 1 and {most:_}")
     return value
-
-
-def _slots(setting: str, value: int, width: int) -> bytes:
-    """Zeroed memory for ``value`` slots of ``width`` bytes, or a named refusal."""
-    try:
-        return bytes(width * value)
-    except (OverflowError, MemoryError):
-        raise InvalidSettingError(
-            setting, value, "a size that fits in memory"
-        ) from None
 
 
 class CountWindow:
@@ -60,8 +59,8 @@ class CountWindow:
     needs_time = False
 
     def __init__(self, size: int) -> None:
-        self.size = _positive_int("CountWindow.size", size)
-        self._codes = bytearray(_slots("CountWindow.size", self.size, 1))
+        self.size = _positive_int("CountWindow.size", size, MAX_SIZE)
+        self._codes = bytearray(self.size)
         self._next = 0
         self._filled = 0
         self._failures = 0
@@ -108,6 +107,7 @@ class TimeWindow:
         "_slow",
         "_sums",
         "_width",
+        "_zeros",
         "buckets",
         "seconds",
     )
@@ -122,13 +122,8 @@ class TimeWindow:
                 "TimeWindow.seconds", seconds, "a finite number above 0"
             )
         self.seconds = float(seconds)
-        self.buckets = _positive_int("TimeWindow.buckets", buckets)
-        try:
-            self._width = self.seconds / self.buckets
-        except OverflowError:  # a bucket count past float range
-            raise InvalidSettingError(
-                "TimeWindow.buckets", buckets, "at most one for each microsecond"
-            ) from None
+        self.buckets = _positive_int("TimeWindow.buckets", buckets, MAX_BUCKETS)
+        self._width = self.seconds / self.buckets
         if self._width < _MIN_BUCKET:
             raise InvalidSettingError(
                 "TimeWindow.seconds",
@@ -136,10 +131,10 @@ class TimeWindow:
                 f"at least {_MIN_BUCKET * self.buckets:g} s "
                 f"(1 microsecond for each of {self.buckets} buckets)",
             )
-        zeros = _slots("TimeWindow.buckets", self.buckets, 8)
-        self._calls = array("q", zeros)
-        self._failures = array("q", zeros)
-        self._slow = array("q", zeros)
+        self._zeros = array("q", bytes(8 * self.buckets))
+        self._calls = array("q", self._zeros)
+        self._failures = array("q", self._zeros)
+        self._slow = array("q", self._zeros)
         self._sums = [0, 0, 0]
         self._head: int | None = None
 
@@ -181,8 +176,9 @@ class TimeWindow:
         return calls, failures, slow
 
     def clear(self) -> None:
-        for counts in (self._calls, self._failures, self._slow):
-            for i in range(self.buckets):
-                counts[i] = 0
+        zeros = self._zeros
+        self._calls[:] = zeros
+        self._failures[:] = zeros
+        self._slow[:] = zeros
         self._sums = [0, 0, 0]
         self._head = None
