@@ -712,7 +712,7 @@ PART_SETTINGS: list[tuple[Callable[..., object], dict[str, Any], type]] = [
     (TimeWindow, {"seconds": 10, "buckets": 1.5}, T),
     (TimeWindow, {"seconds": 1e300, "buckets": 2**70}, V),
     (TimeWindow, {"seconds": 10, "buckets": 2**2000}, V),
-    (TimeWindow, {"seconds": 1e9, "buckets": 1_000_001}, V),
+    (TimeWindow, {"seconds": 1e9, "buckets": 10_001}, V),
     (TimeWindow, {"seconds": 1e20, "buckets": 2**63}, V),
     (ExponentialBackoff, {"base": 0}, V),
     (ExponentialBackoff, {"base": -1}, V),

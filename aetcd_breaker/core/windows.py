@@ -37,8 +37,9 @@ class Window(Protocol):
 MAX_SIZE = 10_000_000
 """The most calls a CountWindow holds (a byte each)."""
 
-MAX_BUCKETS = 1_000_000
-"""The most buckets a TimeWindow has (24 bytes each)."""
+MAX_BUCKETS = 10_000
+"""The most buckets a TimeWindow has: after a pause, a call may step over
+every one of them in Python."""
 
 
 def _positive_int(setting: str, value: object, most: int) -> int:
