@@ -4,6 +4,7 @@ metrics, the registry, manual states and ``wait_ready``."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import math
 from collections.abc import AsyncIterator, Callable
@@ -1154,6 +1155,50 @@ def test_decorating_a_plain_function_is_refused_by_name() -> None:
 
     assert raised.value.setting == "fn"
     assert raised.value.value is load
+
+
+class _Loader:
+    def load(self) -> str:
+        return "not awaitable"
+
+    async def stream(self) -> AsyncIterator[int]:
+        yield 1
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        _Loader().load,
+        functools.partial(_Loader.load, _Loader()),
+        functools.partial(_Loader().stream),
+        _Loader,
+    ],
+    ids=["bound method", "partial", "partial of an async generator", "class"],
+)
+def test_decorating_a_plain_method_partial_or_class_is_refused_by_name(
+    fn: Any,
+) -> None:
+    with pytest.raises(InvalidSettingTypeError) as raised:
+        CircuitBreaker()(fn)
+
+    assert raised.value.setting == "fn"
+    assert raised.value.value is fn
+
+
+async def test_decorating_an_async_method_or_partial_guards_it(
+    clock: FakeClock,
+) -> None:
+    breaker = CircuitBreaker(clock=clock, failure_threshold=1)
+
+    class Store:
+        async def get(self, key: str) -> str:
+            return key
+
+    assert await breaker(Store().get)("k") == "k"
+    assert await breaker(functools.partial(Store.get, Store()))("j") == "j"
+    with pytest.raises(Boom):
+        await breaker(functools.partial(fail))()
+    assert breaker.state is State.OPEN
 
 
 def test_a_rule_class_in_place_of_a_rule_is_refused_by_name() -> None:

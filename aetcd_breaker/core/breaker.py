@@ -424,8 +424,19 @@ class CircuitBreaker:
         The result is an ``async def`` function, typed as one, so its calls
         can go to ``asyncio.create_task`` or ``asyncio.run``.
         """
-        plain_def = inspect.isfunction(fn) and not inspect.iscoroutinefunction(fn)
-        if not callable(fn) or plain_def or inspect.isasyncgenfunction(fn):
+        inner: object = fn
+        while isinstance(inner, functools.partial):
+            inner = inner.func
+        # A bound method or a partial of a plain def is as plain as the def.
+        plain_def = (
+            inspect.isfunction(inner) or inspect.ismethod(inner)
+        ) and not inspect.iscoroutinefunction(inner)
+        if (
+            not callable(fn)
+            or isinstance(fn, type)
+            or plain_def
+            or inspect.isasyncgenfunction(inner)
+        ):
             raise InvalidSettingTypeError(
                 "fn", fn, "an async function (not an async generator)"
             )
