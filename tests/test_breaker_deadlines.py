@@ -673,3 +673,26 @@ async def test_an_error_left_beside_the_deadline_cancellation_ends_the_trial(
     # (trio's scope raised what was left of the group past the breaker).
     assert breaker.state is State.OPEN
     assert breaker.metrics().failures == 2
+
+
+@asyncio_only
+async def test_wheel_keeps_no_slot_for_every_5_ms_of_a_long_timeout() -> None:
+    loop = NegativeTimeLoop(1000.0)
+    wheel = _deadline._Wheel(loop)  # type: ignore[arg-type]
+    held = FireSpy()
+    wheel.registry(1800.0)["held"] = held  # a call that outlives the others
+
+    # An hour-long timeout under a call every 5 ms, each ending at once.
+    for call in range(720_000):
+        registry = wheel.registry(3600.0)
+        registry[call] = FireSpy()
+        registry.pop(call)
+        loop.now += 0.005
+
+    assert len(wheel.slots) < 2 * 1024
+    assert sorted(wheel.due) == sorted(wheel.slots)
+    # The call still held is cut off when its moment comes, and only it.
+    loop.now = 1000.0 + 1800.0 + _deadline.RESOLUTION
+    wheel._fire()
+    assert held.fired
+    assert not any(wheel.slots.values())

@@ -86,7 +86,7 @@ class _Wheel:
     not once a slot.
     """
 
-    __slots__ = ("armed", "due", "handle", "loop", "now", "slots")
+    __slots__ = ("armed", "due", "handle", "loop", "now", "slots", "sweep_at")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -100,6 +100,8 @@ class _Wheel:
         self.armed = math.inf
         """The slot the loop timer is set for."""
         self.handle: asyncio.TimerHandle | None = None
+        self.sweep_at = _MIN_SWEEP
+        """How many slots may be kept before the empty ones are dropped."""
 
     def registry(self, seconds: float) -> Registry:
         # The slot after the one the deadline falls in: late by up to a slot,
@@ -112,11 +114,23 @@ class _Wheel:
             return {}
         registry = self.slots.get(slot)
         if registry is None:
+            if len(self.slots) >= self.sweep_at:
+                self._sweep()
             registry = self.slots[slot] = {}
             heapq.heappush(self.due, slot)
             if slot < self.armed:
                 self._arm(slot)
         return registry
+
+    def _sweep(self) -> None:
+        # Slots whose calls all ended wait for their moment to be dropped; a
+        # long timeout under steady traffic would keep one for every 5 ms of
+        # it (an hour: 720 000 slots, over 200 MB). Drop them now and then:
+        # the armed timer finds its slot gone and moves on to the next.
+        slots = self.slots = {s: r for s, r in self.slots.items() if r}
+        self.due = list(slots)
+        heapq.heapify(self.due)
+        self.sweep_at = max(_MIN_SWEEP, 2 * len(slots))
 
     def _arm(self, slot: int) -> None:
         if self.handle is not None:
@@ -183,6 +197,7 @@ class _ClockTimers:
 
 
 _wheel: _Wheel | None = None
+_MIN_SWEEP = 1024
 _SLOTS_PER_SECOND = 1 / RESOLUTION
 _floor = math.floor
 
