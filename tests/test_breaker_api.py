@@ -1146,6 +1146,32 @@ async def test_wait_ready_in_half_open_wakes_when_a_permit_comes_back(
     assert breaker.acquire() is not None
 
 
+class _BrokenRepr:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+@pytest.mark.parametrize(
+    ("settings", "setting", "shown"),
+    [
+        ({"max_requests": -(10**5000)}, "max_requests", "<an int of 16610 bits>"),
+        ({"reset_timeout": 10**5000}, "reset_timeout", "<an int of 16610 bits>"),
+        ({"name": 10**5000}, "name", "int <an int of 16610 bits>"),
+        ({"clock": _BrokenRepr()}, "clock", "<a _BrokenRepr whose repr() fails>"),
+    ],
+    ids=["max_requests", "reset_timeout", "name", "clock"],
+)
+def test_a_bad_value_without_a_repr_is_still_named_in_the_error(
+    settings: dict[str, Any], setting: str, shown: str
+) -> None:
+    with pytest.raises(BreakerError) as raised:
+        CircuitBreaker(**settings)
+
+    assert raised.value.setting == setting  # type: ignore[attr-defined]
+    assert str(raised.value).startswith(f"{setting} must be ")
+    assert str(raised.value).endswith(shown)
+
+
 def test_decorating_a_plain_function_is_refused_by_name() -> None:
     def load() -> str:
         return "not awaitable"

@@ -93,6 +93,21 @@ class CallTimeoutError(BreakerError, TimeoutError):
         return (type(self), (self.breaker, self.timeout))
 
 
+def _shown(value: object) -> str:
+    """``repr(value)`` for a message, or a description where repr fails.
+
+    An int past 4300 digits has no repr (Python refuses the conversion), and
+    an object of the caller's may have a broken ``__repr__``: the error must
+    still name the setting rather than fail inside its own message.
+    """
+    try:
+        return repr(value)
+    except Exception:
+        if isinstance(value, int):
+            return f"<an int of {value.bit_length()} bits>"
+        return f"<a {type(value).__name__} whose repr() fails>"
+
+
 class InvalidSettingError(BreakerError, ValueError):
     """A setting has a value outside its allowed range."""
 
@@ -100,7 +115,7 @@ class InvalidSettingError(BreakerError, ValueError):
         self.setting = setting
         self.value = value
         self.expected = expected
-        super().__init__(f"{setting} must be {expected}, got {value!r}")
+        super().__init__(f"{setting} must be {expected}, got {_shown(value)}")
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.setting, self.value, self.expected))
@@ -114,7 +129,7 @@ class InvalidSettingTypeError(BreakerError, TypeError):
         self.value = value
         self.expected = expected
         super().__init__(
-            f"{setting} must be {expected}, got {type(value).__name__} {value!r}"
+            f"{setting} must be {expected}, got {type(value).__name__} {_shown(value)}"
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
