@@ -428,6 +428,23 @@ async def test_interval_clears_the_closed_state_counts(clock: FakeClock) -> None
     assert breaker.metrics().failures == 7
 
 
+async def test_counts_read_past_the_interval_are_already_cleared(
+    clock: FakeClock,
+) -> None:
+    breaker = CircuitBreaker(name="db", clock=clock, failure_threshold=3, interval=10)
+    await run(breaker, "FF")
+    clock.advance(10)
+
+    # What the rules would see at the next call, not the last interval's.
+    assert breaker.counts() == Counts()
+    metrics = breaker.metrics()
+    assert (metrics.failure_rate, metrics.consecutive_failures) == (0.0, 0)
+    assert metrics.failures == 2
+    await run(breaker, "FF")
+    assert breaker.state is State.CLOSED
+    assert breaker.counts().failures == 2
+
+
 async def test_without_an_interval_closed_counts_keep_growing(
     clock: FakeClock,
 ) -> None:

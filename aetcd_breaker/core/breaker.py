@@ -307,12 +307,15 @@ class CircuitBreaker:
 
     def counts(self) -> Counts:
         """The counts the trip rules see now."""
-        return self._counts(self._now())
+        now = self._now()
+        self._end_interval(now)
+        return self._counts(now)
 
     def metrics(self) -> Metrics:
         """A frozen snapshot of totals, rates and state."""
         now = self._now()
         self._tick(now)
+        self._end_interval(now)
         counts = self._counts(now)
         return Metrics(
             name=self._name,
@@ -565,6 +568,14 @@ class CircuitBreaker:
                 return self._admit()
         self._t_rej += 1
         return REJECT
+
+    def _end_interval(self, now: float) -> None:
+        # What _admit does when a call comes, for a read: counts past the
+        # interval are not what the rules would see.
+        end = self._interval_end
+        if end is not None and now >= end:
+            self._clear_counts()
+            self._interval_end = now + self._interval  # type: ignore[operator]
 
     def _tick(self, now: float) -> None:
         state = self._state
