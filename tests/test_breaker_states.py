@@ -451,6 +451,21 @@ async def test_success_ratio_judges_half_open_after_max_requests_trials(
     assert logs[0]["failures"] == 4 - successes
 
 
+async def test_trials_in_flight_is_read_after_half_open_max_wait_reopens(
+    clock: FakeClock,
+) -> None:
+    breaker = await half_open(clock, max_requests=1, half_open_max_wait=10)
+
+    async with anyio.create_task_group() as tg:
+        stuck = await start(tg, breaker)
+        assert breaker.trials_in_flight == 1
+        clock.advance(10)
+        # Read first, before state: the trial's period is over.
+        assert breaker.trials_in_flight == 0
+        assert breaker.state is State.OPEN
+        stuck.fn.succeed()
+
+
 async def test_half_open_max_wait_reopens_a_breaker_whose_trial_never_finishes(
     clock: FakeClock,
 ) -> None:

@@ -303,6 +303,7 @@ class CircuitBreaker:
     @property
     def trials_in_flight(self) -> int:
         """Half-open trial permits taken and not yet given back."""
+        self._tick(self._now())
         return self._trials if self._state is HALF_OPEN else 0
 
     def counts(self) -> Counts:
