@@ -364,6 +364,7 @@ def test_window_memory_stays_bounded_after_many_records(
     breaker = CircuitBreaker(
         name="db", clock=clock, failure_threshold=None, window=window
     )
+    window = breaker._window  # type: ignore[assignment]  # the breaker's own copy
     sizes = window_sizes(window)
 
     for i in range(100_000):
@@ -724,3 +725,29 @@ def test_a_fake_clock_refuses_to_move_by_a_bad_amount(seconds: float) -> None:
         clock.advance(seconds)
 
     assert clock.now() == 5.0
+
+
+@pytest.mark.parametrize(
+    "window", [CountWindow(10), TimeWindow(60)], ids=["count", "time"]
+)
+async def test_breakers_made_from_one_window_count_only_their_own_calls(
+    clock: FakeClock, window: Any
+) -> None:
+    common: dict[str, Any] = {
+        "failure_threshold": None,
+        "window": window,
+        "trip_rules": [FailureRate(0.5, minimum_calls=4)],
+        "clock": clock,
+    }
+    first = CircuitBreaker(name="first", **common)
+    second = CircuitBreaker(name="second", **common)
+
+    await run(second, "FFF")
+    await run(first, "F")
+
+    assert first.state is State.CLOSED
+    assert first.counts().calls == 1
+    assert second.counts().failures == 3
+    await run(second, "F")
+    assert second.state is State.OPEN
+    assert first.counts().calls == 1

@@ -15,7 +15,7 @@ from .policies import (
     TripRule,
     check_number,
 )
-from .windows import Window
+from .windows import CountWindow, TimeWindow, Window
 
 
 def optional_seconds(setting: str, value: object) -> float | None:
@@ -55,6 +55,13 @@ def window(window: object) -> Window | None:
     needed = ("needs_time", "record", "totals", "clear")
     if isinstance(window, type) or not all(hasattr(window, a) for a in needed):
         raise InvalidSettingTypeError("window", window, "a CountWindow or TimeWindow")
+    # A window holds outcomes: breakers made from one dict of settings must
+    # not count each other's calls (or clear each other's counts), so each
+    # gets a window of its own. The breaker clears it at once anyway.
+    if type(window) is CountWindow:
+        return CountWindow(window.size)
+    if type(window) is TimeWindow:
+        return TimeWindow(window.seconds, window.buckets)
     return window  # type: ignore[return-value]
 
 
