@@ -381,6 +381,41 @@ async def test_a_classifier_that_raises_is_logged_and_counts_as_failure(
     ]
 
 
+async def test_a_rule_that_raises_is_logged_and_never_replaces_the_outcome(
+    clock: FakeClock,
+) -> None:
+    raised: list[Exception] = []
+
+    def broken(counts: Counts) -> bool:
+        try:
+            return counts.successes / counts.failures < 1
+        except ZeroDivisionError as error:
+            raised.append(error)
+            raise
+
+    breaker = CircuitBreaker(
+        name="db", clock=clock, failure_threshold=2, trip_rules=[broken]
+    )
+    with capture_logs() as logs:
+        assert await breaker.call(ok) == "ok"
+
+    assert breaker.state is State.CLOSED
+    assert logs == [
+        {
+            "event": "aetcd_breaker.rule_failed",
+            "log_level": "error",
+            "breaker": "db",
+            "rule": "trip_rule:test_a_rule_that_raises_is_logged_and_never_replaces"
+            "_the_outcome.<locals>.broken",
+            "error": "ZeroDivisionError('division by zero')",
+            "exc_info": raised[0],
+        }
+    ]
+    # The other rules still judge: two failures in a row trip as usual.
+    await trip(breaker, 2)
+    assert breaker.state is State.OPEN
+
+
 async def test_cancellation_never_reaches_the_classifier(clock: FakeClock) -> None:
     classified: list[BaseException] = []
     breaker = CircuitBreaker(

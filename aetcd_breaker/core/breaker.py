@@ -28,6 +28,7 @@ the state is updated.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
@@ -715,7 +716,22 @@ class CircuitBreaker:
         now = self._now()
         counts = self._counts(now)
         for rule in self._rules:
-            if rule(counts):
+            try:
+                fired = rule(counts)
+            except Exception as error:
+                # A rule of the user's that breaks must not turn the call's
+                # own outcome (a success, even) into its error: log it, and
+                # let it not fire, as a hook that breaks is only logged.
+                with contextlib.suppress(Exception):
+                    _log.error(
+                        "aetcd_breaker.rule_failed",
+                        breaker=self._name,
+                        rule=_rule_reason(rule),
+                        error=repr(error),
+                        exc_info=error,
+                    )
+                continue
+            if fired:
                 self._transition(OPEN, _rule_reason(rule), now)
                 return
 
