@@ -1391,6 +1391,32 @@ async def test_a_broken_log_pipeline_never_reaches_the_caller(
     assert breaker.state is State.OPEN
 
 
+async def test_a_broken_classifier_with_a_broken_log_pipeline_still_counts(
+    clock: FakeClock,
+) -> None:
+    def broken_processor(*_: object) -> dict[str, object]:
+        raise BrokenPipeError("the log sink went away")
+
+    def broken_classifier(exc: BaseException) -> bool:
+        raise ZeroDivisionError("classifier broke")
+
+    breaker = CircuitBreaker(
+        name="db", failure_threshold=1, is_failure=broken_classifier, clock=clock
+    )
+
+    async def fail() -> None:
+        raise ValueError("the call's own error")
+
+    structlog.configure(processors=[broken_processor])
+    try:
+        with pytest.raises(ValueError, match="the call's own error"):
+            await breaker.call(fail)
+    finally:
+        structlog.reset_defaults()
+
+    assert breaker.state is State.OPEN
+
+
 async def test_wait_ready_woken_by_a_state_change_leaves_no_timer_behind(
     clock: FakeClock,
 ) -> None:

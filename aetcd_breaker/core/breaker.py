@@ -668,12 +668,14 @@ class CircuitBreaker:
         try:
             return bool(classify(exc))
         except Exception as error:
-            _log.error(
-                "aetcd_breaker.classifier_failed",
-                breaker=self._name,
-                error=repr(error),
-                exc_info=error,
-            )
+            # A broken log pipeline must not reach the caller either (emit).
+            with contextlib.suppress(Exception):
+                _log.error(
+                    "aetcd_breaker.classifier_failed",
+                    breaker=self._name,
+                    error=repr(error),
+                    exc_info=error,
+                )
             return True
 
     def _give_back(self, gen: int, kind: int) -> None:
