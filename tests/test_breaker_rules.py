@@ -721,7 +721,7 @@ async def test_slow_call_rules_sharing_a_duration_both_judge_by_it(
 def test_a_fake_clock_refuses_to_move_by_a_bad_amount(seconds: float) -> None:
     clock = FakeClock(5.0)
 
-    with pytest.raises(ValueError, match=r"^seconds must be (at least 0|a finite number)"):
+    with pytest.raises(ValueError, match=r"^seconds must be (at least 0|a finite)"):
         clock.advance(seconds)
 
     assert clock.now() == 5.0
