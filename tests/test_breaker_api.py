@@ -988,6 +988,17 @@ def test_registry_refuses_a_second_breaker_of_the_same_name() -> None:
         reg.register(CircuitBreaker(name="etcd"))
 
 
+@pytest.mark.parametrize("name", [[], 5, None, b"db"], ids=repr)
+def test_registry_names_a_name_that_is_not_a_str(name: Any) -> None:
+    reg = BreakerRegistry()
+
+    with pytest.raises(InvalidSettingTypeError, match=r"^name must be a str"):
+        reg.get_or_create(name)
+    with pytest.raises(InvalidSettingTypeError, match=r"^name must be a str"):
+        reg.get(name)
+    assert name not in reg
+
+
 def test_process_wide_registry_finds_the_breakers_it_made() -> None:
     breaker = registry.get_or_create("test_breaker_api.process-wide")
     assert registry.get("test_breaker_api.process-wide") is breaker

@@ -6,9 +6,18 @@ import weakref
 from typing import Any
 
 from .breaker import CircuitBreaker
+from .errors import InvalidSettingTypeError
 from .events import Metrics
 
 __all__ = ["BreakerRegistry", "registry"]
+
+
+def _checked(name: object) -> str:
+    # Not a bare "unhashable type" from the dict, nor None for a name that
+    # can never be there.
+    if not isinstance(name, str):
+        raise InvalidSettingTypeError("name", name, "a str")
+    return name
 
 
 class BreakerRegistry:
@@ -25,7 +34,7 @@ class BreakerRegistry:
         Settings are used only when the breaker is made; an existing breaker
         is returned as it is.
         """
-        breaker = self._breakers.get(name)
+        breaker = self._breakers.get(_checked(name))
         if breaker is None:
             breaker = CircuitBreaker(name=name, **settings)
             self._breakers[name] = breaker
@@ -40,7 +49,8 @@ class BreakerRegistry:
         return breaker
 
     def get(self, name: str) -> CircuitBreaker | None:
-        return self._breakers.get(name)
+        """The breaker called ``name``, or ``None`` if there is none."""
+        return self._breakers.get(_checked(name))
 
     def names(self) -> list[str]:
         return sorted(self._breakers.keys())
@@ -53,7 +63,7 @@ class BreakerRegistry:
         return len(self._breakers)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._breakers
+        return isinstance(name, str) and name in self._breakers
 
 
 registry = BreakerRegistry()
