@@ -294,6 +294,64 @@ async def test_every_exception_counts_as_a_failure_by_default(
     assert breaker.metrics().failures == 1
 
 
+def plain(value: int) -> int:
+    return value
+
+
+async def needs_one(value: int) -> int:
+    return value
+
+
+MISUSES: list[tuple[str, Any, tuple[Any, ...]]] = [
+    ("a plain function", plain, (1,)),
+    ("None", None, ()),
+    ("missing arguments", needs_one, ()),
+    ("too many arguments", needs_one, (1, 2)),
+]
+
+
+@pytest.mark.parametrize(
+    ("fn", "args"), [m[1:] for m in MISUSES], ids=[m[0] for m in MISUSES]
+)
+@pytest.mark.parametrize("call_timeout", [None, 5.0], ids=["plain", "deadline"])
+async def test_a_call_that_cannot_call_or_await_fn_is_ignored_not_counted(
+    clock: FakeClock, fn: Any, args: tuple[Any, ...], call_timeout: float | None
+) -> None:
+    # A mistake at the call site says nothing about the dependency: it must
+    # not open the breaker, nor use up a half-open trial.
+    breaker = CircuitBreaker(
+        name="db", clock=clock, failure_threshold=1, call_timeout=call_timeout
+    )
+
+    with pytest.raises(TypeError):
+        await breaker.call(fn, *args)
+
+    assert breaker.state is State.CLOSED
+    metrics = breaker.metrics()
+    assert (metrics.failures, metrics.ignored) == (0, 1)
+
+    await trip(breaker)
+    clock.advance(breaker.metrics().retry_after or 0)
+    assert breaker.state is State.HALF_OPEN
+    with pytest.raises(TypeError):
+        await breaker.call(fn, *args)
+    # The trial permit came back: the next call is admitted and closes it.
+    assert await breaker.call(ok) == "ok"
+    assert breaker.state is State.CLOSED
+
+
+async def test_a_type_error_raised_inside_fn_still_counts(clock: FakeClock) -> None:
+    breaker = CircuitBreaker(name="db", clock=clock, failure_threshold=1)
+
+    async def broken() -> None:
+        raise TypeError("inside the dependency's client")
+
+    with pytest.raises(TypeError):
+        await breaker.call(broken)
+
+    assert breaker.state is State.OPEN
+
+
 async def test_errors_the_classifier_rejects_are_ignored(clock: FakeClock) -> None:
     classified: list[BaseException] = []
 

@@ -363,7 +363,7 @@ class CircuitBreaker:
         try:
             result = await fn(*args, **kwargs)
         except BaseException as exc:
-            self._settle_error(gen, ADMIT, 0.0, exc)
+            self._settle_call_error(gen, ADMIT, 0.0, exc)
             raise
         if gen == self._fast_gen:
             self._t_succ += 1
@@ -387,7 +387,7 @@ class CircuitBreaker:
             result = await fn(*args, **kwargs)
         except BaseException as exc:
             if deadline is None:
-                self._settle_error(gen, kind, started, exc)
+                self._settle_call_error(gen, kind, started, exc)
                 raise
             try:
                 timed_out = deadline.expired(exc)
@@ -399,7 +399,7 @@ class CircuitBreaker:
             if timed_out:
                 self._failed(gen, kind, started, True)
                 raise CallTimeoutError(self._name, timeout) from None  # type: ignore[arg-type]
-            self._settle_error(gen, kind, started, exc)
+            self._settle_call_error(gen, kind, started, exc)
             delivered = await redeliver_cancellation(exc)
             if delivered is exc:
                 raise
@@ -660,6 +660,23 @@ class CircuitBreaker:
         else:
             self._t_ign += 1
             self._give_back(gen, kind)
+
+    def _settle_call_error(
+        self, gen: int, kind: int, started: float, exc: BaseException
+    ) -> None:
+        """Settle what ``await fn(*args, **kwargs)`` raised in :meth:`call`.
+
+        A TypeError raised in the calling frame itself, not inside ``fn``,
+        says that ``fn`` could not be called or awaited as given (a plain
+        function, ``None``, wrong arguments): a mistake at the call site that
+        says nothing about the dependency, so it is ignored, never counted.
+        """
+        tb = exc.__traceback__
+        if type(exc) is TypeError and tb is not None and tb.tb_next is None:
+            self._t_ign += 1
+            self._give_back(gen, kind)
+        else:
+            self._settle_error(gen, kind, started, exc)
 
     def _counts_as_failure(self, exc: BaseException) -> bool:
         classify = self._is_failure
