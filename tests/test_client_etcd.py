@@ -12,6 +12,7 @@ import aetcd
 import anyio
 import grpc  # type: ignore[import-untyped]
 import pytest
+import structlog
 
 from aetcd_breaker.core import CircuitBreaker, FakeClock, State
 from aetcd_breaker.etcd import (
@@ -318,6 +319,38 @@ async def test_answers_of_etcd_are_not_counted(
             0,
             3,
         )
+
+
+async def test_a_broken_classifier_with_a_broken_log_pipeline_still_ends_the_trial(
+    etcd_server_session: EtcdServer,
+) -> None:
+    # As for breaker.call: the classifier's log entry failing must neither
+    # replace the call's own error nor leave the trial holding its permit.
+    def broken_processor(*_: object) -> dict[str, object]:
+        raise BrokenPipeError("the log sink went away")
+
+    def broken_classifier(exc: BaseException) -> bool:
+        raise ZeroDivisionError("classifier broke")
+
+    clock = FakeClock()
+    breaker = CircuitBreaker(
+        name="etcd", reset_timeout=1, initial_state="open", clock=clock
+    )
+    clock.advance(1)
+    async with client_of(
+        etcd_server_session, breaker=breaker, is_failure=broken_classifier
+    ) as etcd:
+        assert breaker.state is State.HALF_OPEN
+        structlog.configure(processors=[broken_processor])
+        try:
+            with pytest.raises(aetcd.ClientError):
+                await etcd.revoke_lease(0x7FFF_0000_4321)
+        finally:
+            structlog.reset_defaults()
+
+        # A classifier that breaks counts the error as a failure.
+        assert breaker.state is State.OPEN
+        assert breaker.metrics().failures == 1
 
 
 async def test_call_timeout_of_a_call_overrides_the_client(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import Awaitable, Callable
 from threading import get_ident
@@ -284,12 +285,15 @@ class Session:
         try:
             return bool(self.is_failure(exc))
         except Exception as error:
-            _log.error(
-                "aetcd_breaker.classifier_failed",
-                breaker=self.breaker.name,
-                error=repr(error),
-                exc_info=error,
-            )
+            # A broken log pipeline must not reach the caller either: it
+            # would replace the call's own error and skip its outcome.
+            with contextlib.suppress(Exception):
+                _log.error(
+                    "aetcd_breaker.classifier_failed",
+                    breaker=self.breaker.name,
+                    error=repr(error),
+                    exc_info=error,
+                )
             return True
 
     def stream_failed(self, exc: BaseException) -> None:
