@@ -3,6 +3,7 @@ metrics, the registry, manual states and ``wait_ready``."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import gc
@@ -350,6 +351,31 @@ async def test_a_type_error_raised_inside_fn_still_counts(clock: FakeClock) -> N
         await breaker.call(broken)
 
     assert breaker.state is State.OPEN
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.parametrize("call_timeout", [None, 5.0], ids=["plain", "deadline"])
+async def test_a_type_error_from_a_future_that_fn_returned_still_counts(
+    clock: FakeClock, call_timeout: float | None
+) -> None:
+    # A future has no Python frame to raise from: its error surfaces in the
+    # frame that awaits it, as a call-site mistake does, but it is news of
+    # the dependency, and counts.
+    breaker = CircuitBreaker(
+        name="db", clock=clock, failure_threshold=1, call_timeout=call_timeout
+    )
+    loop = asyncio.get_running_loop()
+
+    def request() -> asyncio.Future[None]:
+        answer = loop.create_future()
+        loop.call_soon(answer.set_exception, TypeError("the dependency's answer"))
+        return answer
+
+    with pytest.raises(TypeError, match="the dependency's answer"):
+        await breaker.call(request)
+
+    assert breaker.state is State.OPEN
+    assert (breaker.metrics().failures, breaker.metrics().ignored) == (1, 0)
 
 
 async def test_errors_the_classifier_rejects_are_ignored(clock: FakeClock) -> None:

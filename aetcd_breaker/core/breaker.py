@@ -29,9 +29,11 @@ the state is updated.
 from __future__ import annotations
 
 import contextlib
+import dis
 import functools
 import inspect
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from types import CodeType
 from typing import Any, Final, ParamSpec, TypeVar
 
 import anyio
@@ -91,6 +93,19 @@ def _rule_reason(rule: TripRule) -> str:
 
 def _no_time() -> float:
     return 0.0
+
+
+# The instructions of ``await fn(*args, **kwargs)`` that fail for a mistake at
+# the call site: calling ``fn``, and asking its result for an awaitable.
+_CALL_SITE_OPS: Final = frozenset({"CALL", "CALL_FUNCTION_EX", "GET_AWAITABLE"})
+
+
+@functools.cache
+def _call_site_offsets(code: CodeType) -> frozenset[int]:
+    """Where in ``code`` a TypeError is a mistake at the call site of ``fn``."""
+    return frozenset(
+        i.offset for i in dis.get_instructions(code) if i.opname in _CALL_SITE_OPS
+    )
 
 
 class CircuitBreaker:
@@ -667,12 +682,21 @@ class CircuitBreaker:
         """Settle what ``await fn(*args, **kwargs)`` raised in :meth:`call`.
 
         A TypeError raised in the calling frame itself, not inside ``fn``,
+        by the call of ``fn`` or by getting an awaitable from its result,
         says that ``fn`` could not be called or awaited as given (a plain
         function, ``None``, wrong arguments): a mistake at the call site that
         says nothing about the dependency, so it is ignored, never counted.
+        An awaitable of the dependency's without Python frames (an asyncio
+        Future given a TypeError) raises in this frame too, but later, as it
+        is awaited: that error is the dependency's, and counts.
         """
         tb = exc.__traceback__
-        if type(exc) is TypeError and tb is not None and tb.tb_next is None:
+        if (
+            type(exc) is TypeError
+            and tb is not None
+            and tb.tb_next is None
+            and tb.tb_lasti in _call_site_offsets(tb.tb_frame.f_code)
+        ):
             self._t_ign += 1
             self._give_back(gen, kind)
         else:
