@@ -9,10 +9,12 @@ from typing import Any
 import aetcd
 import anyio
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
 from aetcd_breaker.core import CircuitBreaker, State
 from aetcd_breaker.etcd import (
+    CLOSED,
     EXPIRED,
     GONE,
     LEASE_LOST,
@@ -232,3 +234,26 @@ async def test_lease_revoked_through_itself_in_the_block_is_not_lost(
 
     assert told == [] and lease_lost_logs(logs) == []
     assert not lease.lost.is_set()
+
+
+async def test_a_broken_log_pipeline_neither_breaks_a_close_nor_hides_the_loss(
+    etcd_server_session: EtcdServer,
+) -> None:
+    # Closing reports each kept lease lost: the log entry failing must not
+    # skip the holder's hook, nor end the close before the channels close.
+    def broken_processor(*_: object) -> dict[str, object]:
+        raise BrokenPipeError("the log sink went away")
+
+    lost: list[LeaseLostError] = []
+    etcd = client_of(etcd_server_session)
+    async with etcd.lease_keeper(30, on_lost=lost.append) as lease:
+        inner = etcd._session.channels.current
+        structlog.configure(processors=[broken_processor])
+        try:
+            await etcd.close()
+        finally:
+            structlog.reset_defaults()
+
+        assert [error.reason for error in lost] == [CLOSED]
+        assert lease.lost_reason == CLOSED
+    assert inner.closed

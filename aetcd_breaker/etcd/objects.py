@@ -8,6 +8,7 @@ etcd reports only as a TTL of 0 (refresh) or -1 (info), never as an error.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
@@ -145,23 +146,27 @@ class Lease:
         self.lost_reason = reason
         if self._event is not None:
             self._event.set()
-        _log.warning(
-            LEASE_LOST,
-            breaker=self._client._session.breaker.name,
-            lease_id=self.id,
-            reason=reason,
-        )
+        # A broken log pipeline must not stop the holders hearing of the
+        # loss, nor a close that reports it part-way through.
+        with contextlib.suppress(Exception):
+            _log.warning(
+                LEASE_LOST,
+                breaker=self._client._session.breaker.name,
+                lease_id=self.id,
+                reason=reason,
+            )
         for hook in tuple(self._hooks):
             try:
                 hook(error)
             except Exception as exc:  # a hook must never break the keeper
-                _log.error(
-                    HOOK_FAILED,
-                    breaker=self._client._session.breaker.name,
-                    hook=getattr(hook, "__qualname__", repr(hook)),
-                    error=repr(exc),
-                    exc_info=exc,
-                )
+                with contextlib.suppress(Exception):
+                    _log.error(
+                        HOOK_FAILED,
+                        breaker=self._client._session.breaker.name,
+                        hook=getattr(hook, "__qualname__", repr(hook)),
+                        error=repr(exc),
+                        exc_info=exc,
+                    )
         return error
 
     def __repr__(self) -> str:
