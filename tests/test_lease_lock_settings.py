@@ -159,3 +159,17 @@ async def test_a_watch_key_that_is_not_bytes_is_refused_before_any_call(
         with pytest.raises(InvalidSettingTypeError, match=r"^range_end must be"):
             await client.watch(b"/a", key)
     assert client.breaker.metrics().calls == 0
+
+
+@pytest.mark.parametrize("prefix", ["/key", 7, None, bytearray(b"/key")])
+async def test_a_watched_prefix_that_is_not_bytes_is_refused_by_name(
+    prefix: Any,
+) -> None:
+    # Not a bare TypeError from working out the range end, nor (an int) a
+    # watch of a range of zero bytes.
+    client = BreakerClient("127.0.0.1", 1)
+
+    for watch in (client.watch_prefix, client.watch_prefix_once):
+        with pytest.raises(InvalidSettingTypeError, match=r"^key_prefix must be bytes"):
+            await watch(prefix)
+    assert client.breaker.metrics().calls == 0

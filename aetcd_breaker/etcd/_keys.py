@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 import aetcd
 from aetcd.utils import prefix_range_end
 
+from ..core import InvalidSettingTypeError
 from . import _ops as ops
 from ._options import DEFAULT, WRITE, run
 from ._reads import ReadOps
@@ -19,6 +20,18 @@ if TYPE_CHECKING:
     from ._session import Session
 
 __all__ = ["KeyOps"]
+
+
+def _prefix_end(key_prefix: object) -> bytes:
+    """The end of a watched prefix's range; a prefix not bytes is named.
+
+    Checked here, since working out the end would otherwise fail first with
+    a bare TypeError (a str), or make a range of zero bytes (an int).
+    """
+    if not isinstance(key_prefix, bytes):
+        raise InvalidSettingTypeError("key_prefix", key_prefix, "bytes")
+    end: bytes = prefix_range_end(key_prefix)
+    return end
 
 
 class KeyOps(ReadOps):
@@ -206,7 +219,7 @@ class KeyOps(ReadOps):
         """
         return await self.watch(
             key_prefix,
-            prefix_range_end(key_prefix),
+            _prefix_end(key_prefix),
             start_revision,
             progress_notify,
             kind,
@@ -270,7 +283,7 @@ class KeyOps(ReadOps):
         return await self.watch_once(
             key_prefix,
             timeout,
-            prefix_range_end(key_prefix),
+            _prefix_end(key_prefix),
             start_revision,
             progress_notify,
             kind,
