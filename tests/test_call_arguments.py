@@ -130,3 +130,23 @@ async def test_an_error_with_good_arguments_is_left_as_it_is(
 
     assert not isinstance(raised.value, InvalidSettingError)
     assert "sideways" in str(raised.value) or "sort_order" in str(raised.value)
+
+
+async def test_an_int_flag_that_protobuf_takes_is_not_blamed_for_another_refusal(
+    etcd_server_session: EtcdServer,
+) -> None:
+    # keys_only=1 is a flag protobuf takes (the call below goes through): the
+    # refusal of the sort order must reach the caller as it is, not as a
+    # complaint about keys_only.
+    server = etcd_server_session
+    async with BreakerClient(server.host, server.port) as client:
+        await client.get_prefix(b"/p", keys_only=1)  # type: ignore[arg-type]
+        with pytest.raises(ValueError) as raised:
+            await client.get_prefix(
+                b"/p",
+                sort_order="sideways",
+                keys_only=1,  # type: ignore[arg-type]
+            )
+
+    assert not isinstance(raised.value, InvalidSettingError | InvalidSettingTypeError)
+    assert "sideways" in str(raised.value)

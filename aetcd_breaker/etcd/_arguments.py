@@ -55,7 +55,9 @@ def _check(name: str, value: object) -> None:
         if not isinstance(value, bytes):
             raise InvalidSettingTypeError(name, value, "bytes")
     elif name in _BOOLS:
-        if not isinstance(value, bool):
+        # protobuf takes any int of int64 for a bool (1 is true): such a flag
+        # is no refusal, and blaming it would hide the argument that was.
+        if not isinstance(value, int) or not -_INT64 <= value < _INT64:
             raise InvalidSettingTypeError(name, value, "a bool")
     elif name in _WHOLE:
         _check_whole(name, value, *_WHOLE[name])
