@@ -149,6 +149,24 @@ async def test_closing_frees_a_held_lock_at_once_and_reports_it_lost(
         assert await connections_gone(proxy)
 
 
+async def test_a_second_close_meanwhile_lets_the_first_revoke_its_leases(
+    proxy: FaultProxy, other: BreakerClient
+) -> None:
+    # An explicit close() racing the exit of `async with`: the second must
+    # not close the channel under the first one's revocations.
+    with anyio.fail_after(HANG):
+        etcd = client_of(proxy)
+        keeper = etcd.lease_keeper(30)
+        lease = await keeper.__aenter__()
+        holder = etcd.lock(b"/close/twice", ttl=30)
+        assert await holder.acquire()
+        await asyncio.gather(etcd.close(), etcd.close())
+
+        assert (await other.get_lease_info(lease.id)).TTL == -1
+        assert await other.get(b"/close/twice") is None
+        await keeper.__aexit__(None, None, None)
+
+
 async def test_a_lock_waiter_cut_off_by_closing_leaves_no_channel_behind(
     proxy: FaultProxy, other: BreakerClient
 ) -> None:

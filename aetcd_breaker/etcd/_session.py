@@ -79,6 +79,7 @@ class Session:
         "plain",
         "retries",
         "retry",
+        "revoking",
         "slow_timeout",
         "stale",
         "stale_answers",
@@ -112,6 +113,9 @@ class Session:
         self.aborted: set[asyncio.Task[Any]] = set()
         # The lease keep-alives running in the background; close() ends them.
         self.keepers: set[KeepAlive] = set()
+        # The revocations of closes under way: a close waits for every one of
+        # them before it closes the channels, which would cut them off.
+        self.revoking: set[asyncio.Task[None]] = set()
         self.closed = False
         """Set by :meth:`aclose`, until :meth:`reopen`."""
         # Tasks whose call runs under a deadline cut to their own time budget
@@ -320,11 +324,16 @@ class Session:
         # these are all there will be.
         self.closed = True
         leases = self._halt_keepers()
+        if leases:
+            task = asyncio.get_running_loop().create_task(revoke_on_close(self, leases))
+            self.revoking.add(task)
+            task.add_done_callback(self.revoking.discard)
         try:
-            if leases:
+            if self.revoking:
                 # The holders are told already; the revocations go on even
-                # when the caller stops waiting for them.
-                await asyncio.shield(revoke_on_close(self, leases))
+                # when the caller stops waiting for them. A second close
+                # (halting no keeper) waits for the first one's too.
+                await asyncio.wait(set(self.revoking))
         finally:
             for task in self.creating:
                 self.aborted.add(task)
