@@ -68,6 +68,29 @@ def test_missing_binary_error_names_the_extra_to_install() -> None:
     assert not server.running
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "error", "named"),
+    [
+        ({"startup_timeout": "10"}, TypeError, "startup_timeout"),
+        ({"startup_timeout": True}, TypeError, "startup_timeout"),
+        ({"startup_timeout": -1}, ValueError, "startup_timeout"),
+        ({"startup_timeout": 0}, ValueError, "startup_timeout"),
+        ({"startup_timeout": float("nan")}, ValueError, "startup_timeout"),
+        ({"startup_timeout": float("inf")}, ValueError, "startup_timeout"),
+        ({"extra_args": "--quota-backend-bytes=1"}, TypeError, "extra_args"),
+        ({"extra_args": [1]}, TypeError, "extra_args"),
+        ({"binary": 1}, TypeError, "binary"),
+    ],
+)
+def test_bad_settings_are_named_at_construction(
+    kwargs: dict[str, object], error: type, named: str
+) -> None:
+    # Not a bare error from deep inside start(), a flag split into letters,
+    # or a start that never gives up.
+    with pytest.raises(error, match=named):
+        EtcdServer(**kwargs)  # type: ignore[arg-type]
+
+
 def test_failed_start_reports_the_tail_of_the_etcd_log() -> None:
     server = EtcdServer(extra_args=["--no-such-flag"])
 

@@ -169,6 +169,45 @@ async def test_random_delay_keeps_every_connection_in_order(
             group.start_soon(put_and_get, client, n)
 
 
+@pytest.mark.parametrize(
+    ("args", "kwargs", "error", "named"),
+    [
+        (("127.0.0.1", "2379"), {}, TypeError, "upstream_port"),
+        (("127.0.0.1", True), {}, TypeError, "upstream_port"),
+        (("127.0.0.1", 70000), {}, ValueError, "upstream_port"),
+        (("127.0.0.1", 0), {}, ValueError, "upstream_port"),
+        ((None, 2379), {}, TypeError, "upstream_host"),
+        (("", 2379), {}, ValueError, "upstream_host"),
+        (("127.0.0.1", 2379), {"host": 1}, TypeError, "host"),
+    ],
+)
+def test_bad_upstream_or_host_is_named_at_construction(
+    args: tuple[object, ...], kwargs: dict[str, object], error: type, named: str
+) -> None:
+    # Not at each connection, as a reset the client cannot explain.
+    with pytest.raises(error, match=named):
+        FaultProxy(*args, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (("0.1",), TypeError),
+        ((True,), TypeError),
+        ((0.1, "0.2"), TypeError),
+        ((float("inf"),), ValueError),
+        ((0.1, float("inf")), ValueError),
+    ],
+)
+def test_delay_names_a_delay_that_is_no_number_of_seconds(
+    args: tuple[object, ...], error: type
+) -> None:
+    # An infinite delay would come out as no delay at all.
+    proxy = FaultProxy("127.0.0.1", 1)
+    with pytest.raises(error, match="delay"):
+        proxy.delay(*args)  # type: ignore[arg-type]
+
+
 def test_delay_rejects_a_range_upside_down() -> None:
     proxy = FaultProxy("127.0.0.1", 1)
     with pytest.raises(ValueError):

@@ -14,6 +14,7 @@ from typing import Self
 
 import anyio.to_thread
 
+from ._checks import check_args, check_seconds
 from ._errors import EtcdStartError, KitError, MissingEtcdError
 from ._process import (
     HOST,
@@ -66,9 +67,11 @@ class EtcdServer:
         startup_timeout: float = 10.0,
         extra_args: Sequence[str] = (),
     ) -> None:
+        if binary is not None and not isinstance(binary, str | os.PathLike):
+            raise TypeError(f"binary must be a path or None, got {binary!r}")
         self._binary = os.fspath(binary) if binary is not None else None
-        self._startup_timeout = startup_timeout
-        self._extra_args = tuple(extra_args)
+        self._startup_timeout = check_seconds("startup_timeout", startup_timeout)
+        self._extra_args = check_args("extra_args", extra_args)
         self._port: int | None = None
         self._peer_port: int | None = None
         self._paused = False

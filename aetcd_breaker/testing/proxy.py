@@ -9,6 +9,7 @@ import socket
 from types import TracebackType
 from typing import Self
 
+from ._checks import check_host, check_port, check_seconds
 from ._errors import KitError
 from ._frames import StreamCounter
 from ._links import Link, Pipe, reset_socket
@@ -40,8 +41,11 @@ class FaultProxy:
     def __init__(
         self, upstream_host: str, upstream_port: int, *, host: str = "127.0.0.1"
     ) -> None:
-        self._upstream = (upstream_host, upstream_port)
-        self._host = host
+        self._upstream = (
+            check_host("upstream_host", upstream_host),
+            check_port("upstream_port", upstream_port),
+        )
+        self._host = check_host("host", host)
         self._port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listener: socket.socket | None = None
@@ -120,8 +124,9 @@ class FaultProxy:
     def delay(self, low: float, high: float | None = None) -> None:
         """Delay every chunk in both directions by `low` seconds, or by a
         random time between `low` and `high`; byte order is kept."""
-        high = low if high is None else high
-        if not 0 <= low <= high:
+        low = check_seconds("delay low", low, zero=True)
+        high = low if high is None else check_seconds("delay high", high, zero=True)
+        if not low <= high:
             raise ValueError(f"need 0 <= low <= high, got low={low} high={high}")
         self._delay = (low, high)
         self._set_mode(Mode.DELAY)
