@@ -225,6 +225,23 @@ async def test_stale_answer_comes_before_the_fallback(
     assert counts == (1, 1)
 
 
+async def test_a_stale_answer_shows_its_key_and_value_when_printed(
+    etcd_server_session: EtcdServer,
+) -> None:
+    server = etcd_server_session
+    async with client_of(server, stale_reads=StaleCache()) as etcd:
+        await etcd.put(b"/stale-repr/key", b"value")
+        fresh = await etcd.get(b"/stale-repr/key")
+        etcd.breaker.force_open()
+        stale = await etcd.get(b"/stale-repr/key")
+
+    assert isinstance(stale, StaleGet)
+    shown = repr(stale)
+    assert shown.startswith("StaleGet[")
+    assert repr(fresh)[len("Get[") :].rstrip("]") in shown
+    assert f"read_at={stale.read_at}" in shown and f"age={stale.age}" in shown
+
+
 def test_bad_client_options_are_refused() -> None:
     with pytest.raises(InvalidSettingTypeError, match="stale_reads"):
         BreakerClient(stale_reads={})  # type: ignore[arg-type]

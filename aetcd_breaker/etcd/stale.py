@@ -43,6 +43,13 @@ class StaleGet(Stale, aetcd.Get):  # type: ignore[misc]
 
     __slots__ = ("age", "read_at")
 
+    def __repr__(self) -> str:
+        # aetcd's repr lists the slots of the class itself: here only ours,
+        # which would hide the key and the value.
+        names = (*aetcd.Get.__slots__, *StaleGet.__slots__)
+        shown = ", ".join(f"{name}={getattr(self, name)}" for name in names)
+        return f"{type(self).__name__}[{shown}]"
+
 
 class StaleGetRange(Stale, aetcd.GetRange):  # type: ignore[misc]
     """An ``aetcd.GetRange`` served from the stale-read cache."""
