@@ -101,6 +101,18 @@ async def test_a_members_fallback_yields_its_items_as_given() -> None:
     assert found == ["member-a", "member-b"]
 
 
+@pytest.mark.parametrize("fallback", [None, 5, lambda error: None])
+async def test_a_list_fallback_that_is_no_list_is_named(fallback: Any) -> None:
+    # Not a bare "'NoneType' object is not iterable" from inside the loop.
+    client = BreakerClient("127.0.0.1", 1)
+    client.breaker.force_open()
+
+    with pytest.raises(InvalidSettingTypeError, match=r"^fallback must be"):
+        [m async for m in client.members(fallback=fallback)]
+    with pytest.raises(InvalidSettingTypeError, match=r"^fallback must be"):
+        [a async for a in client.list_alarms(fallback=fallback)]
+
+
 @pytest.mark.etcd
 async def test_acquire_without_a_timeout_uses_the_locks_own(
     etcd_server: EtcdServer,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import IO, TYPE_CHECKING, Any
 
 import aetcd
@@ -18,6 +18,16 @@ if TYPE_CHECKING:
     from ._session import Session
 
 __all__ = ["ClusterOps"]
+
+
+def _listed(found: Any) -> Iterator[Any]:
+    """The items to yield of a list that may be a fallback's value."""
+    try:
+        return iter(found)
+    except TypeError:
+        raise InvalidSettingTypeError(
+            "fallback", found, "a list of the items to yield"
+        ) from None
 
 
 class ClusterOps(LeaseOps):
@@ -130,7 +140,7 @@ class ClusterOps(LeaseOps):
             found = await s.call(ops.MEMBERS, call_timeout)
         else:
             found = await run(s, ops.MEMBERS, IDEMPOTENT, call_timeout, retry, fallback)
-        for raw in found:
+        for raw in _listed(found):
             # A fallback's items are yielded as given.
             yield Member.bind(raw, self) if isinstance(raw, aetcd.Member) else raw
 
@@ -230,7 +240,7 @@ class ClusterOps(LeaseOps):
                 member_id,
                 alarm_type,
             )
-        for alarm in found:
+        for alarm in _listed(found):
             yield alarm
 
     async def disarm_alarm(
