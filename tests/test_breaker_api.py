@@ -729,6 +729,29 @@ class _NoTimeSaid:
 NO_TIME_SAID = _NoTimeSaid()
 
 
+# An async def where a plain function is needed: called, it gives a coroutine
+# that is never awaited, and a coroutine is true. Such a rule fired on every
+# outcome, such a classifier counted every error, such a hook never ran.
+async def _async_rule(counts: Counts) -> bool:
+    return False
+
+
+async def _async_classifier(exc: BaseException) -> bool:
+    return False
+
+
+async def _async_hook(change: StateChange) -> None: ...
+
+
+class _AsyncCallable:
+    async def __call__(self, counts: Counts) -> bool:
+        return False
+
+
+ASYNC_CALLABLE = _AsyncCallable()
+ASYNC_PARTIAL = functools.partial(_async_classifier)
+
+
 def breaker_cases() -> list[Any]:
     cases = [
         pytest.param(
@@ -761,6 +784,48 @@ def breaker_cases() -> list[Any]:
             1,
             T,
             id="trip_rules=[rule, 1]",
+        ),
+        pytest.param(
+            lambda: CircuitBreaker(trip_rules=[FailureRate(0.5), _async_rule]),
+            "trip_rules",
+            _async_rule,
+            T,
+            id="trip_rules=[rule, async def]",
+        ),
+        pytest.param(
+            lambda: CircuitBreaker(trip_rules=ASYNC_CALLABLE),
+            "trip_rules",
+            ASYNC_CALLABLE,
+            T,
+            id="trip_rules=object with async __call__",
+        ),
+        pytest.param(
+            lambda: CircuitBreaker(is_failure=_async_classifier),
+            "is_failure",
+            _async_classifier,
+            T,
+            id="is_failure=async def",
+        ),
+        pytest.param(
+            lambda: CircuitBreaker(is_failure=ASYNC_PARTIAL),
+            "is_failure",
+            ASYNC_PARTIAL,
+            T,
+            id="is_failure=partial of async def",
+        ),
+        pytest.param(
+            lambda: CircuitBreaker(on_state_change=_async_hook),
+            "on_state_change",
+            _async_hook,
+            T,
+            id="on_state_change=async def",
+        ),
+        pytest.param(
+            lambda: CircuitBreaker(on_state_change=[print, _async_hook]),
+            "on_state_change",
+            _async_hook,
+            T,
+            id="on_state_change=[print, async def]",
         ),
         pytest.param(
             lambda: CircuitBreaker(name=""),

@@ -58,6 +58,19 @@ def test_a_bad_connection_argument_raises_an_error_naming_it(
     assert isinstance(raised.value, ValueError if error is V else TypeError)
 
 
+async def _async_classifier(exc: BaseException) -> bool:
+    return False
+
+
+def test_an_async_classifier_is_refused_by_name() -> None:
+    # Its coroutine, never awaited, is true: every error would count.
+    with pytest.raises(InvalidSettingTypeError) as raised:
+        BreakerClient(is_failure=_async_classifier)
+
+    assert raised.value.setting == "is_failure"
+    assert raised.value.value is _async_classifier
+
+
 def test_a_password_never_appears_in_the_error() -> None:
     with pytest.raises(InvalidSettingError) as raised:
         BreakerClient(password="hunter2")

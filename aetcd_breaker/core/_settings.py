@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable
 from typing import Any
 
@@ -16,6 +17,22 @@ from .policies import (
     check_number,
 )
 from .windows import CountWindow, TimeWindow, Window
+
+
+def is_async(fn: object) -> bool:
+    """Whether calling ``fn`` gives a coroutine: an async def, a partial of
+    one, or an object whose ``__call__`` is one."""
+    if inspect.iscoroutinefunction(fn):
+        return True
+    return callable(fn) and inspect.iscoroutinefunction(type(fn).__call__)
+
+
+def _plain(setting: str, fn: object, expected: str) -> None:
+    # The breaker calls these and never awaits them: a coroutine left
+    # unawaited is true, so a rule would fire on every outcome, a classifier
+    # count every error, and a hook would never run.
+    if not callable(fn) or isinstance(fn, type) or is_async(fn):
+        raise InvalidSettingTypeError(setting, fn, expected)
 
 
 def optional_seconds(setting: str, value: object) -> float | None:
@@ -38,14 +55,14 @@ def open_duration(value: object) -> OpenDuration:
 
 def rules(rules: object) -> tuple[TripRule, ...]:
     if callable(rules) and not isinstance(rules, type):
-        return (rules,)
-    if isinstance(rules, str | bytes) or not isinstance(rules, Iterable):
+        checked: tuple[Any, ...] = (rules,)
+    elif isinstance(rules, str | bytes) or not isinstance(rules, Iterable):
         raise InvalidSettingTypeError("trip_rules", rules, "an iterable of callables")
-    checked = tuple(rules)
+    else:
+        checked = tuple(rules)
     for rule in checked:
         # A class (FailureRate rather than FailureRate(0.5)) is callable too.
-        if not callable(rule) or isinstance(rule, type):
-            raise InvalidSettingTypeError("trip_rules", rule, "a callable of Counts")
+        _plain("trip_rules", rule, "a plain function of Counts (not async)")
     return checked
 
 
@@ -68,8 +85,8 @@ def window(window: object) -> Window | None:
 def callable_or_none(setting: str, value: Any) -> Any:
     # A class is callable too: is_failure=TimeoutError would call every
     # exception a failure, since TimeoutError(exc) is always true.
-    if value is not None and (not callable(value) or isinstance(value, type)):
-        raise InvalidSettingTypeError(setting, value, "a function or None")
+    if value is not None:
+        _plain(setting, value, "a plain function (not async) or None")
     return value
 
 
@@ -84,18 +101,16 @@ def clock(clock: object) -> Clock:
 
 
 def hooks(hooks: object) -> tuple[StateChangeHook, ...]:
-    if isinstance(hooks, type):
-        raise InvalidSettingTypeError("on_state_change", hooks, "a callable")
-    if callable(hooks):
-        return (hooks,)
-    if isinstance(hooks, str | bytes) or not isinstance(hooks, Iterable):
+    if callable(hooks) or isinstance(hooks, type):
+        checked: tuple[Any, ...] = (hooks,)
+    elif isinstance(hooks, str | bytes) or not isinstance(hooks, Iterable):
         raise InvalidSettingTypeError(
             "on_state_change", hooks, "a callable or callables"
         )
-    checked = tuple(hooks)
+    else:
+        checked = tuple(hooks)
     for hook in checked:
-        if not callable(hook) or isinstance(hook, type):
-            raise InvalidSettingTypeError("on_state_change", hook, "a callable")
+        _plain("on_state_change", hook, "a plain function (not async)")
     return checked
 
 

@@ -9,6 +9,7 @@ from typing import Any, Final, Self
 import aetcd
 
 from ..core import CircuitBreaker, InvalidSettingTypeError
+from ..core._settings import is_async
 from ._channel import LOCAL_SUBCHANNEL_POOL, Channels, Inner, factory_of
 from ._cluster import ClusterOps
 from ._connection import check_connection, check_flag
@@ -139,8 +140,10 @@ class BreakerClient(KeyOps, ClusterOps):
             raise InvalidSettingTypeError("breaker", breaker, "a CircuitBreaker")
         if is_failure is None:
             is_failure = is_etcd_failure
-        elif not callable(is_failure):
-            raise InvalidSettingTypeError("is_failure", is_failure, "a callable")
+        elif not callable(is_failure) or is_async(is_failure):
+            raise InvalidSettingTypeError(
+                "is_failure", is_failure, "a plain function (not async)"
+            )
         own = None if call_timeout is None else check_timeout(call_timeout)
         channels = Channels(Inner(client, owned=owned), factory_of(client))
         self._session = Session(
