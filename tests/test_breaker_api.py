@@ -749,6 +749,12 @@ class _AsyncCallable:
 
 
 ASYNC_CALLABLE = _AsyncCallable()
+
+
+async def _async_policy(attempt: int) -> float:
+    return 1.0
+
+
 ASYNC_PARTIAL = functools.partial(_async_classifier)
 
 
@@ -826,6 +832,14 @@ def breaker_cases() -> list[Any]:
             _async_hook,
             T,
             id="on_state_change=[print, async def]",
+        ),
+        pytest.param(
+            # Not found out at the first trip, in place of the call's own error.
+            lambda: CircuitBreaker(reset_timeout=_async_policy),
+            "reset_timeout",
+            _async_policy,
+            T,
+            id="reset_timeout=async def",
         ),
         pytest.param(
             lambda: CircuitBreaker(name=""),

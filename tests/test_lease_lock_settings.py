@@ -92,6 +92,17 @@ async def test_an_async_on_lost_hook_is_refused_rather_than_never_awaited() -> N
         client.lock(b"/lock", on_lost=on_lost)
 
 
+async def test_an_on_lost_object_with_an_async_call_is_refused_too() -> None:
+    class OnLost:
+        async def __call__(self, error: Exception) -> None:
+            raise AssertionError("never runs")
+
+    client = BreakerClient("127.0.0.1", 1)
+
+    with pytest.raises(InvalidSettingTypeError, match=r"^on_lost must be a plain"):
+        client.lease_keeper(5, on_lost=OnLost())
+
+
 async def test_a_members_fallback_yields_its_items_as_given() -> None:
     client = BreakerClient("127.0.0.1", 1)
     client.breaker.force_open()

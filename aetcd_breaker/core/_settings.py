@@ -46,10 +46,10 @@ def open_duration(value: object) -> OpenDuration:
         return value
     if isinstance(value, int | float) and not isinstance(value, bool):
         return FixedDuration(check_number("reset_timeout", value))
-    if callable(value) and not isinstance(value, type):
+    if callable(value) and not isinstance(value, type) and not is_async(value):
         return value
     raise InvalidSettingTypeError(
-        "reset_timeout", value, "seconds or an open-duration policy"
+        "reset_timeout", value, "seconds or an open-duration policy (not async)"
     )
 
 

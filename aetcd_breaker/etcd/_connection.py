@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 from typing import Any
 
 from ..core import InvalidSettingError, InvalidSettingTypeError
+from ..core._settings import is_async
 from ..core.policies import check_count, finite
 from ._session import check_timeout
 
@@ -120,7 +120,7 @@ def check_hook(value: Any) -> Any:
     """An ``on_lost`` hook: a plain function, called at once with the error."""
     if value is None:
         return None
-    if not callable(value) or inspect.iscoroutinefunction(value):
+    if not callable(value) or is_async(value):
         raise InvalidSettingTypeError(
             "on_lost",
             value,
