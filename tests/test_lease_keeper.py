@@ -10,6 +10,7 @@ import aetcd
 import anyio
 import pytest
 import structlog
+from aetcd import rpc
 from structlog.testing import capture_logs
 
 from aetcd_breaker.core import CircuitBreaker, State
@@ -21,7 +22,7 @@ from aetcd_breaker.etcd import (
     BreakerClient,
     LeaseLostError,
 )
-from aetcd_breaker.testing import EtcdServer
+from aetcd_breaker.testing import EtcdServer, FaultProxy
 
 pytestmark = [pytest.mark.anyio, pytest.mark.etcd]
 
@@ -219,6 +220,35 @@ async def test_lease_keeper_revokes_its_lease_on_exit_even_when_cancelled(
 
     assert info.TTL == -1
     assert not lease.lost.is_set()
+
+
+async def test_a_keeper_cancelled_while_its_grant_is_answered_leaks_no_lease(
+    etcd_server_session: EtcdServer,
+) -> None:
+    # etcd grants the lease, its answer is on the way, the entry is
+    # cancelled: the lease must go now, not linger for its whole TTL.
+    server = etcd_server_session
+    async with (
+        FaultProxy(server.host, server.port) as proxy,
+        client_of(proxy) as etcd,
+        raw_client(server) as raw,
+    ):
+        await etcd.put(b"/keeper/cancelled", b"connected")
+        await raw.connect()
+        before = await raw.leasestub.LeaseLeases(rpc.LeaseLeasesRequest())
+        proxy.delay(0.3)
+        keeper = etcd.lease_keeper(60)
+        with anyio.move_on_after(0.45):
+            await keeper.__aenter__()
+            raise AssertionError("the grant's answer came early")
+        proxy.pass_through()
+
+        with anyio.fail_after(HANG):
+            while True:
+                now = await raw.leasestub.LeaseLeases(rpc.LeaseLeasesRequest())
+                if len(now.leases) == len(before.leases):
+                    break
+                await anyio.sleep(0.05)
 
 
 async def test_lease_revoked_through_itself_in_the_block_is_not_lost(

@@ -29,10 +29,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Final
 
+import aetcd
 import anyio
 
 from ..core import CircuitOpenError
@@ -40,11 +42,11 @@ from ..core._clock import scope_until
 from . import _ops as ops
 from ._connection import check_flag, check_hook, check_ttl
 from .errors import CLOSED, EXPIRED, GONE, ClientClosedError, LeaseLostError
+from .objects import Lease
 
 if TYPE_CHECKING:
     from ._lease_ops import LeaseOps
     from ._session import Session
-    from .objects import Lease
 
 __all__ = ["KeepAlive", "LeaseKeeper", "grant", "revoke_on_close"]
 
@@ -54,6 +56,13 @@ LostHook = Callable[[LeaseLostError], object]
 _FIRST_PAUSE: Final = 0.1
 # How long closing the client waits for etcd to answer a keeper's revocation.
 _CLOSE_REVOKE: Final = 1.0
+# etcd lease ids are positive int64; 62 random bits make a clash negligible,
+# and a clash is answered (DuplicateLeaseError) rather than harmful.
+_ID_BITS: Final = 62
+
+# Revokes that outlived the entry that started them; the loop keeps only a
+# weak reference to a task.
+_revoking: set[asyncio.Task[None]] = set()
 
 
 async def grant(
@@ -180,6 +189,13 @@ class KeepAlive:
         return lease if self._revoke else None
 
 
+def _revoke_in_background(lease: Lease, call_timeout: float | None) -> None:
+    """Revoke a lease that may exist, without waiting (it expires otherwise)."""
+    task = asyncio.get_running_loop().create_task(revoke_quietly(lease, call_timeout))
+    _revoking.add(task)
+    task.add_done_callback(_revoking.discard)
+
+
 def _quiet(task: asyncio.Task[None]) -> None:
     # A keeper halted by a close ends unawaited: fetch whatever it raised.
     if not task.cancelled():
@@ -253,7 +269,20 @@ class LeaseKeeper:
         session = self._client._session
         if self._lease is None:
             assert self._ttl is not None
-            lease, expires = await grant(self._client, self._ttl, None, self._timeout)
+            # An id of our own, as a lock picks: a grant cut off while its
+            # answer was on the way can then still be revoked.
+            lease_id = secrets.randbits(_ID_BITS) + 1
+            try:
+                lease, expires = await grant(
+                    self._client, self._ttl, lease_id, self._timeout
+                )
+            except (CircuitOpenError, aetcd.DuplicateLeaseError):
+                raise  # not granted, or someone else's id
+            except BaseException:
+                _revoke_in_background(
+                    Lease(lease_id, self._ttl, self._client), self._timeout
+                )
+                raise
             self._lease = lease
             ttl = float(lease.ttl)
         else:
