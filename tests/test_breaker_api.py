@@ -1151,6 +1151,18 @@ def test_registry_refuses_a_second_breaker_of_the_same_name() -> None:
         reg.register(CircuitBreaker(name="etcd"))
 
 
+@pytest.mark.parametrize("breaker", [None, "etcd", CircuitBreaker], ids=repr)
+def test_registry_names_what_is_registered_when_it_is_no_breaker(
+    breaker: Any,
+) -> None:
+    # Not a bare AttributeError about a missing .name.
+    reg = BreakerRegistry()
+
+    with pytest.raises(InvalidSettingTypeError, match=r"^breaker must be a"):
+        reg.register(breaker)
+    assert len(reg) == 0
+
+
 @pytest.mark.parametrize("name", [[], 5, None, b"db"], ids=repr)
 def test_registry_names_a_name_that_is_not_a_str(name: Any) -> None:
     reg = BreakerRegistry()

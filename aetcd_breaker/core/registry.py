@@ -42,6 +42,8 @@ class BreakerRegistry:
 
     def register(self, breaker: CircuitBreaker) -> CircuitBreaker:
         """Add a breaker made elsewhere; its name must be free."""
+        if not isinstance(breaker, CircuitBreaker):
+            raise InvalidSettingTypeError("breaker", breaker, "a CircuitBreaker")
         held = self._breakers.get(breaker.name)
         if held is not None and held is not breaker:
             raise ValueError(f"a breaker named {breaker.name!r} is already registered")
