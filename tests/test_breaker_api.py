@@ -1655,3 +1655,32 @@ async def test_hooks_see_a_change_made_by_an_earlier_hook_after_the_one_it_follo
         ("closed", "open"),
         ("open", "forced_open"),
     ]
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_wait_ready_that_timed_out_leaves_nothing_bound_to_its_event_loop(
+    backend: str,
+) -> None:
+    # A breaker kept at module level outlives each test's event loop: a
+    # waiter that gave up in one loop must not leave the next loop an event
+    # bound to the first.
+    breaker = CircuitBreaker(name="db", initial_state="forced_open")
+
+    async def give_up_waiting() -> None:
+        with anyio.move_on_after(0.05):
+            await breaker.wait_ready()
+
+    async def wait_for_reset() -> bool:
+        async with anyio.create_task_group() as tg:
+            waiter = Waiter(breaker)
+            tg.start_soon(waiter.run)
+            await anyio.sleep(0.05)
+            breaker.reset()
+            with anyio.fail_after(5):
+                await waiter.done.wait()
+        return waiter.done.is_set()
+
+    anyio.run(give_up_waiting, backend=backend)
+    assert anyio.run(wait_for_reset, backend=backend)
+    breaker.force_open()
+    assert anyio.run(wait_for_reset, backend=backend)

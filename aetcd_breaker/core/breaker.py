@@ -530,8 +530,14 @@ class CircuitBreaker:
             self._waiters = anyio.Event()
         event = self._waiters
         when = self._retry_at if state is OPEN else self._half_open_until
-        with scope_until(self._clock, when):
-            await event.wait()
+        try:
+            with scope_until(self._clock, when):
+                await event.wait()
+        finally:
+            # The last waiter to give up drops the event: asyncio binds it to
+            # this loop, and a breaker may outlive the loop (one per test).
+            if self._waiters is event and not event.statistics().tasks_waiting:
+                self._waiters = None
         self._tick(self._now())
 
     # -- manual control --------------------------------------------------
