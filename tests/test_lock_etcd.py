@@ -498,3 +498,21 @@ async def test_a_lease_revoked_while_waiting_for_the_holder_ends_the_wait(
             await held.release()
 
     assert info.value.reason == GONE
+
+
+async def test_a_lock_lost_to_a_close_says_so_when_acquired_again_unreleased(
+    etcd_server_session: EtcdServer,
+) -> None:
+    etcd = client_of(etcd_server_session)
+    async with etcd:
+        lock = etcd.lock(b"/lock/lost-then-again", ttl=5)
+        assert await lock.acquire()
+    assert lock.lost_reason == "closed"
+
+    async with etcd:
+        with pytest.raises(RuntimeError, match=r"was lost \(closed\).*release\(\)"):
+            await lock.acquire()
+        await lock.release()
+        assert await lock.acquire()
+        assert await lock.is_acquired()
+        await lock.release()

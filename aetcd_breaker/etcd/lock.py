@@ -196,6 +196,11 @@ class Lock:
         :class:`LeaseLostError` when the lease is lost before the lock holds.
         """
         timeout = self.timeout if timeout is _LOCK_TIMEOUT else check_wait(timeout)
+        if self._held and self._lost is not None and not self._busy:
+            raise RuntimeError(
+                f"lock {self.key!r} was lost ({self._lost.reason}) but not "
+                "released: release() it before acquiring it again"
+            )
         if self._held or self._busy:
             # A second acquisition would share, and then revoke or orphan,
             # the lease and keeper of the first.
