@@ -16,6 +16,7 @@ from aetcd_breaker.core import (
     CallTimeoutError,
     CircuitBreaker,
     CircuitOpenError,
+    ConsecutiveFailures,
     Counts,
     CountWindow,
     ExponentialBackoff,
@@ -147,6 +148,26 @@ async def test_consecutive_failures_rule_is_checked_before_the_other_rules(
     with capture_logs() as logs:
         await run(breaker, "FF")
 
+    assert reasons(logs) == [("open", "consecutive_failures")]
+
+
+async def test_consecutive_failures_as_a_trip_rule_trips_at_its_threshold(
+    clock: FakeClock,
+) -> None:
+    breaker = CircuitBreaker(
+        name="db",
+        clock=clock,
+        failure_threshold=None,
+        trip_rules=[ConsecutiveFailures(3)],
+    )
+
+    with capture_logs() as logs:
+        # A success in between starts the run of failures again.
+        await run(breaker, "FFSFF")
+        assert breaker.state is State.CLOSED
+        await run(breaker, "F")
+
+    assert breaker.state is State.OPEN
     assert reasons(logs) == [("open", "consecutive_failures")]
 
 
