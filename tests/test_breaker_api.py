@@ -1326,7 +1326,8 @@ async def test_wait_ready_wakes_exactly_when_the_clock_reaches_retry_at(
         await settle()
         assert not waiter.done.is_set()
         clock.advance(0.5)
-        await waiter.done.wait()
+        with anyio.fail_after(5):
+            await waiter.done.wait()
 
     assert breaker.state is State.HALF_OPEN
 
@@ -1344,7 +1345,8 @@ async def test_wait_ready_on_forced_open_waits_for_reset_not_for_time(
         await settle()
         assert not waiter.done.is_set()
         breaker.reset()
-        await waiter.done.wait()
+        with anyio.fail_after(5):
+            await waiter.done.wait()
 
 
 async def test_wait_ready_in_half_open_wakes_when_a_permit_comes_back(
@@ -1362,7 +1364,8 @@ async def test_wait_ready_in_half_open_wakes_when_a_permit_comes_back(
         await settle()
         assert not waiter.done.is_set()
         breaker.release(permit)
-        await waiter.done.wait()
+        with anyio.fail_after(5):
+            await waiter.done.wait()
 
     assert breaker.acquire() is not None
 
