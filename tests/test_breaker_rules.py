@@ -376,6 +376,40 @@ def test_time_window_totals_cover_the_last_seconds(
     assert window.totals(ages[-1]) == (expected, expected, 0)
 
 
+def test_a_count_window_forgets_slow_calls_that_slide_out() -> None:
+    window = CountWindow(3)
+    window.record(0.0, failed=True, slow=True)
+    window.record(0.0, failed=False, slow=True)
+    window.record(0.0, failed=False, slow=False)
+    assert window.totals(0.0) == (3, 1, 2)
+
+    window.record(0.0, failed=False, slow=False)
+    assert window.totals(0.0) == (3, 0, 1)
+    window.record(0.0, failed=False, slow=False)
+    assert window.totals(0.0) == (3, 0, 0)
+
+
+def test_a_time_window_forgets_slow_calls_as_their_buckets_age_out() -> None:
+    window = TimeWindow(3, buckets=3)
+    window.record(0.5, failed=True, slow=True)
+    window.record(1.5, failed=False, slow=True)
+    assert window.totals(2.5) == (2, 1, 2)
+
+    assert window.totals(3.5) == (1, 0, 1)
+    assert window.totals(4.5) == (0, 0, 0)
+
+
+def test_a_time_window_counts_a_rewound_clock_into_its_newest_bucket() -> None:
+    window = TimeWindow(10, buckets=10)
+    window.record(9.5, failed=True, slow=False)
+    # Rewound by more than a bucket: the outcome joins the newest bucket
+    # and ages out with it, not with the bucket of the time it was given.
+    window.record(0.5, failed=True, slow=True)
+    assert window.totals(9.5) == (2, 2, 1)
+    assert window.totals(10.5) == (2, 2, 1)
+    assert window.totals(19.5) == (0, 0, 0)
+
+
 @pytest.mark.parametrize(
     "window", [CountWindow(50), TimeWindow(5, buckets=10)], ids=repr
 )
