@@ -203,6 +203,72 @@ async def test_a_failed_stream_counts_and_the_watch_goes_on(
         assert event.kv.value == b"back"
 
 
+async def test_a_resumed_stream_keeps_the_watchs_kind_filter_and_prev_kv(
+    etcd_server: EtcdServer,
+) -> None:
+    breaker = quick_breaker()
+    key = b"/options"
+    etcd = BreakerClient(etcd_server.host, etcd_server.port, breaker=breaker)
+    received: list[tuple[str, bytes, bytes | None]] = []
+
+    async def take(watch: Watch, count: int) -> None:
+        async for event in watch:
+            prev = None if event.prev_kv is None else event.prev_kv.value
+            received.append((event.kind, event.kv.value, prev))
+            if len(received) == count:
+                return
+
+    async with etcd:
+        puts = await etcd.watch(key, kind=aetcd.EventKind.PUT, prev_kv=True, **QUICK)
+        every = await etcd.watch(key, **QUICK)
+        with anyio.fail_after(HANG):
+            async with raw_client(etcd_server) as raw:
+                await raw.put(key, b"1")
+                await raw.put(key, b"2")
+            await take(puts, 2)
+            etcd_server.kill()
+            pending = asyncio.ensure_future(take(puts, 4))
+            while breaker.metrics().failures == 0:
+                await anyio.sleep(0.01)
+            await etcd_server.arestart()
+            async with raw_client(etcd_server) as raw:
+                await raw.put(key, b"3")
+                await raw.delete(key)
+                await raw.put(key, b"4")
+            await pending
+            plain = [(e.kind, e.kv.value, e.prev_kv) async for e in first(every, 5)]
+        await puts.cancel()
+        await every.cancel()
+
+    assert breaker.metrics().failures >= 1
+    # Only puts, each with the value it replaced, on both sides of the outage
+    # (an empty one, as aetcd gives it, where the key did not exist).
+    assert received == [
+        ("PUT", b"1", b""),
+        ("PUT", b"2", b"1"),
+        ("PUT", b"3", b"2"),
+        ("PUT", b"4", b""),
+    ]
+    # A watch that asked for neither gets the delete, and no previous values.
+    assert plain == [
+        ("PUT", b"1", None),
+        ("PUT", b"2", None),
+        ("PUT", b"3", None),
+        ("DELETE", b"", None),
+        ("PUT", b"4", None),
+    ]
+
+
+async def first(watch: Watch, count: int) -> AsyncIterator[aetcd.Event]:
+    """The first ``count`` events of ``watch``."""
+    n = 0
+    async for event in watch:
+        yield event
+        n += 1
+        if n == count:
+            return
+
+
 async def test_compaction_during_a_partition_raises_and_never_skips(
     etcd_server: EtcdServer, fault_proxy: FaultProxy
 ) -> None:
