@@ -145,6 +145,27 @@ async def test_lease_lost_while_etcd_was_down_is_reported_at_once_and_on_use(
     assert revived.TTL == -1
 
 
+async def test_failed_refreshes_back_off_until_the_lease_is_lost(
+    etcd_server: EtcdServer,
+) -> None:
+    # Disabled: the breaker never opens, so only the keeper's own backoff
+    # spaces the refreshes that fail while etcd is down.
+    breaker = CircuitBreaker(name="etcd", initial_state="disabled")
+    etcd = client_of(etcd_server, breaker=breaker)
+    async with etcd, etcd.lease_keeper(TTL) as lease:
+        before = breaker.metrics().failures
+        etcd_server.kill()
+        with anyio.fail_after(HANG):
+            await lease.lost.wait()
+        failed = breaker.metrics().failures - before
+
+    assert lease.lost_reason == EXPIRED
+    # Pauses of 0.1, 0.2, then TTL / 6 s between attempts: about six fit in
+    # what is left of the TTL. Without them the keeper would send refreshes
+    # in a busy loop.
+    assert 1 <= failed <= 12
+
+
 async def test_lease_revoked_by_someone_else_cancels_the_block_when_asked(
     etcd_server_session: EtcdServer,
 ) -> None:
