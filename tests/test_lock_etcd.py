@@ -160,6 +160,45 @@ async def test_block_never_runs_when_etcd_is_down(etcd_server: EtcdServer) -> No
     assert isinstance(errors[-1], EtcdCircuitOpenError)
 
 
+async def test_a_waiter_whose_holder_watch_fails_with_etcd_counts_and_raises(
+    etcd_server: EtcdServer,
+) -> None:
+    breaker = CircuitBreaker(name="etcd", failure_threshold=None)
+    async with client_of(etcd_server, breaker=breaker) as etcd:
+        holder = etcd.lock(b"/lock/watch-fails", ttl=60)
+        assert await holder.acquire()
+        waiter = etcd.lock(b"/lock/watch-fails", ttl=60, timeout=HANG)
+        waiting = asyncio.ensure_future(waiter.acquire())
+        with anyio.fail_after(HANG):
+            # Two grants, two transactions, then the watch on the holder.
+            while breaker.metrics().successes < 5:
+                await anyio.sleep(0.01)
+            before = breaker.metrics().failures
+            etcd_server.kill()
+            with pytest.raises(aetcd.ClientError):
+                await waiting
+            failed = breaker.metrics().failures - before
+
+    # Two outcomes: the stream that failed because etcd went away, and the
+    # revoke of the waiter's lease, which could not reach etcd either.
+    assert failed == 2
+
+
+async def test_an_attempt_that_finds_its_own_uuid_holds_the_lock(
+    etcd_server_session: EtcdServer, raw: aetcd.Client
+) -> None:
+    async with client_of(etcd_server_session) as etcd:
+        lock = etcd.lock(b"/lock/own", ttl=10, timeout=0.5)
+        # As left by an earlier attempt that went through, its answer lost.
+        await raw.put(b"/lock/own", lock.uuid)
+        acquired = await lock.acquire()
+        held = await lock.is_acquired()
+        released = await lock.release()
+
+    assert (acquired, held, released) == (True, True, True)
+    assert await raw.get(b"/lock/own") is None
+
+
 async def test_rejected_acquire_raises_without_granting_or_revoking(
     etcd_server_session: EtcdServer,
 ) -> None:
