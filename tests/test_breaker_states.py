@@ -9,7 +9,13 @@ import pytest
 from core_helpers import Boom, fail, ok
 from structlog.testing import capture_logs
 
-from aetcd_breaker.core import CircuitBreaker, CircuitOpenError, FakeClock, State
+from aetcd_breaker.core import (
+    CircuitBreaker,
+    CircuitOpenError,
+    CountWindow,
+    FakeClock,
+    State,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -586,6 +592,33 @@ async def test_late_failure_does_not_count_against_the_next_closed_period(
     assert breaker.state is State.CLOSED
     assert metrics.consecutive_failures == 1
     assert metrics.failures == 4
+
+
+@pytest.mark.parametrize("window", [None, CountWindow(10)], ids=repr)
+async def test_late_success_does_not_break_the_next_closed_periods_streak(
+    clock: FakeClock, window: CountWindow | None
+) -> None:
+    breaker = CircuitBreaker(
+        name="db", clock=clock, failure_threshold=2, max_requests=1, window=window
+    )
+
+    async with anyio.create_task_group() as tg:
+        slow = await start(tg, breaker)
+        await trip(breaker, 2)
+        clock.advance(30)
+        await breaker.call(ok)
+        await trip(breaker, 1)
+        slow.fn.succeed()
+        await slow.done.wait()
+        counts = breaker.counts()
+        await trip(breaker, 1)
+
+    # The late success reaches the totals, not the counts of this period.
+    assert slow.result == "late"
+    assert (counts.calls, counts.successes, counts.failures) == (1, 0, 1)
+    assert counts.consecutive_failures == 1
+    assert breaker.state is State.OPEN
+    assert breaker.metrics().successes == 2
 
 
 @pytest.mark.parametrize("end", ["cancel", "ignored_error"])
