@@ -72,7 +72,7 @@ class ScriptedStream:
 class Script:
     """Opens the scripted streams one after the other, as guarded calls."""
 
-    def __init__(self, etcd: BreakerClient, *scripts: list[Any]) -> None:
+    def __init__(self, etcd: BreakerClient, *scripts: list[Any] | Exception) -> None:
         self._session = etcd._session
         self._scripts = iter(scripts)
         self.starts: list[int | None] = []
@@ -83,7 +83,10 @@ class Script:
 
     async def _open(self, client: aetcd.Client, start: int | None) -> Any:
         self.starts.append(start)
-        stream = ScriptedStream(start, next(self._scripts, [HOLD]))
+        script = next(self._scripts, [HOLD])
+        if isinstance(script, Exception):
+            raise script
+        stream = ScriptedStream(start, script)
         self.streams.append(stream)
         return stream
 
@@ -130,6 +133,29 @@ async def test_a_break_inside_a_revision_delivers_each_event_once(
     await watch.cancel()
     assert all(stream.closed for stream in script.streams)
     assert asyncio.all_tasks() == before
+
+
+async def test_an_error_that_does_not_count_ends_the_watch_when_it_resumes(
+    etcd: BreakerClient,
+) -> None:
+    refused = aetcd.InvalidArgumentError("refused")
+    script = Script(
+        etcd,
+        [response((10, b"a")), aetcd.ConnectionFailedError()],
+        refused,
+        [response((11, b"b"))],
+    )
+    watch = await script.watch(done=9)
+
+    keys = await take(watch, 1)
+    with anyio.fail_after(HANG), pytest.raises(aetcd.InvalidArgumentError) as raised:
+        await take(watch, 1)
+
+    assert keys == [b"a"]
+    assert raised.value is refused
+    # Not tried again: the refusal says nothing about etcd's health.
+    assert script.starts == [10, 11]
+    assert etcd.breaker.metrics().failures == 1
 
 
 async def test_leaving_the_loop_inside_a_revision_and_coming_back(
