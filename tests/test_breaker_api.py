@@ -1687,3 +1687,29 @@ def test_a_wait_ready_that_timed_out_leaves_nothing_bound_to_its_event_loop(
     assert anyio.run(wait_for_reset, backend=backend)
     breaker.force_open()
     assert anyio.run(wait_for_reset, backend=backend)
+
+
+async def test_a_failure_in_half_open_that_no_trial_made_is_logged_as_such(
+    clock: FakeClock,
+) -> None:
+    # A long-lived stream (a watch) reports its failure with a permit of its
+    # own: in half-open it reopens the breaker, but no trial failed.
+    from aetcd_breaker.core import Permit
+    from aetcd_breaker.core.breaker import ADMIT
+
+    breaker = CircuitBreaker(name="db", clock=clock, failure_threshold=1)
+    await trip(breaker)
+    clock.advance(30)
+    assert breaker.state is State.HALF_OPEN
+
+    with capture_logs() as logs:
+        breaker.record_failure(Permit(breaker.generation, ADMIT, clock.now()))
+        clock.advance(30)
+        assert breaker.state is State.HALF_OPEN
+        await trip(breaker)
+
+    assert [(e["to_state"], e["reason"]) for e in logs] == [
+        ("open", "failure_in_half_open"),
+        ("half_open", "reset_timeout_elapsed"),
+        ("open", "trial_failed"),
+    ]

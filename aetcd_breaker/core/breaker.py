@@ -661,7 +661,10 @@ class CircuitBreaker:
         elif state is HALF_OPEN:
             try:
                 if self._success_ratio is None:
-                    self._transition(OPEN, "trial_failed", self._now())
+                    # A permit not handed out as a trial (a long-lived
+                    # stream's, say) reopens too, but no trial failed.
+                    why = "trial_failed" if kind == TRIAL else "failure_in_half_open"
+                    self._transition(OPEN, why, self._now())
                 else:
                     self._judge_trials()
             except BaseException:
