@@ -342,3 +342,28 @@ async def test_a_keeper_granted_while_the_client_closes_is_told_at_once(
         assert proxy.requests == sent
         await late.__aexit__(None, None, None)
         await first.__aexit__(None, None, None)
+
+
+async def test_a_wrapped_client_left_open_keeps_leases_and_locks_after_a_close(
+    etcd_server_session: EtcdServer, other: BreakerClient
+) -> None:
+    server = etcd_server_session
+    raw = aetcd.Client(server.host, server.port)
+    try:
+        with anyio.fail_after(HANG):
+            etcd = BreakerClient.wrap(raw, call_timeout=2)
+            async with etcd:
+                await etcd.put(b"/close/wrapped", b"v")
+            # Its aetcd client is still open, and so is the BreakerClient.
+            assert await etcd.get(b"/close/wrapped") is not None
+            async with etcd.lease_keeper(TTL) as lease:
+                # Past the first refresh: the keeper keeps the lease.
+                await anyio.sleep(TTL / 3 + 0.5)
+                assert lease.lost_reason is None
+                info = await other.get_lease_info(lease.id)
+                assert info.TTL > 0
+            async with etcd.lock(b"/close/wrapped-lock", ttl=TTL, timeout=5) as lock:
+                assert await lock.is_acquired()
+            await etcd.close()
+    finally:
+        await raw.close()

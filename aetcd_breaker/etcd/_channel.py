@@ -122,6 +122,11 @@ class Channels:
             self._closers.add(task)
             task.add_done_callback(self._closers.discard)
 
+    @property
+    def open(self) -> bool:
+        """Whether calls get through: a close put no stand-in in the client's place."""
+        return not isinstance(self.current.client, _Closed)
+
     def reopen(self) -> None:
         """Open a closed session again, on the client it had.
 

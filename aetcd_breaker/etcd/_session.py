@@ -117,7 +117,8 @@ class Session:
         # them before it closes the channels, which would cut them off.
         self.revoking: set[asyncio.Task[None]] = set()
         self.closed = False
-        """Set by :meth:`aclose`, until :meth:`reopen`."""
+        """Set by :meth:`aclose`, until :meth:`reopen`; while it runs only, when
+        the client stays open."""
         # Tasks whose call runs under a deadline cut to their own time budget
         # (a lock's timeout): its expiry says nothing about etcd.
         self.budgeted: set[asyncio.Task[Any]] = set()
@@ -316,7 +317,8 @@ class Session:
         """End the keep-alives, cut off watch creations, close the inner clients.
 
         From then on calls fail at once with :class:`ClientClosedError` until
-        :meth:`reopen`.
+        :meth:`reopen`; unless the client is not ours to close, which stays
+        open, and so does the session once the close is done.
         """
         from .leases import revoke_on_close
 
@@ -340,6 +342,10 @@ class Session:
                 task.cancel()
             self.creating.clear()
             await self.channels.aclose()
+            if self.channels.open:
+                # A client that is not ours to close stays open (``wrap``),
+                # and so does the session: its keepers and locks work on.
+                self.closed = False
 
     def _halt_keepers(self) -> list[Lease]:
         """Stop every keep-alive; the leases to revoke."""
