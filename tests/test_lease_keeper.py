@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, MutableMapping
 from typing import Any
@@ -241,6 +242,41 @@ async def test_lease_keeper_revokes_its_lease_on_exit_even_when_cancelled(
 
     assert info.TTL == -1
     assert not lease.lost.is_set()
+
+
+async def test_a_task_cancelled_while_its_keeper_revokes_on_exit_leaks_no_lease(
+    etcd_server_session: EtcdServer,
+) -> None:
+    # A plain asyncio cancellation (a timeout, a task group) that lands while
+    # the exit revokes: anyio's shield does not hold it back, so the revoke
+    # must go on without the task rather than be cut off with it.
+    server = etcd_server_session
+    async with (
+        FaultProxy(server.host, server.port) as proxy,
+        client_of(proxy, call_timeout=5) as etcd,
+        raw_client(server) as raw,
+    ):
+        leases: list[Any] = []
+
+        async def keep() -> None:
+            async with etcd.lease_keeper(60) as lease:
+                leases.append(lease)
+                proxy.delay(0.3)
+
+        task = asyncio.create_task(keep())
+        with anyio.fail_after(HANG):
+            while not leases:
+                await anyio.sleep(0.01)
+        # The exit's revoke is on its way through the slow proxy.
+        await anyio.sleep(0.15)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        proxy.pass_through()
+
+        with anyio.fail_after(HANG):
+            while (await raw.get_lease_info(leases[0].id)).TTL != -1:
+                await anyio.sleep(0.05)
 
 
 async def test_a_keeper_cancelled_while_its_grant_is_answered_leaks_no_lease(

@@ -328,14 +328,22 @@ class LeaseKeeper:
 async def revoke_quietly(lease: Lease, call_timeout: float | None) -> None:
     """Revoke a lease that is no longer needed, if etcd may still hold it.
 
-    Shielded from the caller's cancellation, and quiet: when etcd cannot be
+    Shielded from the caller's cancellation (a plain asyncio one ends only
+    the wait; the revoke goes on alone), and quiet: when etcd cannot be
     reached the lease expires by itself within its TTL. A lease lost to the
     client's close was revoked then, if it could be.
     """
     if lease.lost_reason in (GONE, CLOSED) or lease._released:
         return
+    # A task of its own: anyio's shield does not hold back a plain asyncio
+    # cancellation (a timeout, a task group), which must end only the wait.
+    revoking = asyncio.get_running_loop().create_task(_revoke(lease, call_timeout))
+    _revoking.add(revoking)
+    revoking.add_done_callback(_revoking.discard)
     with anyio.CancelScope(shield=True):
-        try:
-            await lease.revoke(call_timeout=call_timeout)
-        except Exception:
-            return
+        await asyncio.shield(revoking)
+
+
+async def _revoke(lease: Lease, call_timeout: float | None) -> None:
+    with contextlib.suppress(Exception):
+        await lease.revoke(call_timeout=call_timeout)
