@@ -23,6 +23,7 @@ from aetcd_breaker.etcd import (
     BreakerClient,
     LeaseLostError,
 )
+from aetcd_breaker.etcd.leases import KeepAlive
 from aetcd_breaker.testing import EtcdServer, FaultProxy
 
 pytestmark = [pytest.mark.anyio, pytest.mark.etcd]
@@ -273,6 +274,41 @@ async def test_a_task_cancelled_while_its_keeper_revokes_on_exit_leaks_no_lease(
         with contextlib.suppress(asyncio.CancelledError):
             await task
         proxy.pass_through()
+
+        with anyio.fail_after(HANG):
+            while (await raw.get_lease_info(leases[0].id)).TTL != -1:
+                await anyio.sleep(0.05)
+
+
+async def test_a_task_cancelled_while_its_keeper_stops_on_exit_leaks_no_lease(
+    etcd_server_session: EtcdServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The keeper's task takes a moment to end, and a plain asyncio
+    # cancellation lands then: the exit must still revoke the lease.
+    original = KeepAlive.stop
+
+    async def slow_stop(self: KeepAlive) -> None:
+        await original(self)
+        with anyio.CancelScope(shield=True):
+            await asyncio.sleep(0.3)
+
+    monkeypatch.setattr(KeepAlive, "stop", slow_stop)
+    server = etcd_server_session
+    async with client_of(server) as etcd, raw_client(server) as raw:
+        leases: list[Any] = []
+
+        async def keep() -> None:
+            async with etcd.lease_keeper(60) as lease:
+                leases.append(lease)
+
+        task = asyncio.create_task(keep())
+        with anyio.fail_after(HANG):
+            while not leases:
+                await anyio.sleep(0.01)
+        await anyio.sleep(0.1)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
         with anyio.fail_after(HANG):
             while (await raw.get_lease_info(leases[0].id)).TTL != -1:

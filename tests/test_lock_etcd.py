@@ -22,6 +22,7 @@ from aetcd_breaker.etcd import (
     Lock,
     LockNotAcquiredError,
 )
+from aetcd_breaker.etcd.leases import KeepAlive
 from aetcd_breaker.testing import EtcdServer, FaultProxy
 
 pytestmark = [pytest.mark.anyio, pytest.mark.etcd]
@@ -555,3 +556,38 @@ async def test_a_lock_lost_to_a_close_says_so_when_acquired_again_unreleased(
         assert await lock.acquire()
         assert await lock.is_acquired()
         await lock.release()
+
+
+async def test_a_task_cancelled_while_its_lock_stops_keeping_leaks_no_lease(
+    etcd_server_session: EtcdServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The keeper's task takes a moment to end, and a plain asyncio
+    # cancellation lands then: the release must still revoke the lease.
+    original = KeepAlive.stop
+
+    async def slow_stop(self: KeepAlive) -> None:
+        await original(self)
+        with anyio.CancelScope(shield=True):
+            await asyncio.sleep(0.3)
+
+    monkeypatch.setattr(KeepAlive, "stop", slow_stop)
+    server = etcd_server_session
+    async with client_of(server) as etcd, client_of(server) as other:
+        leases: list[Any] = []
+
+        async def hold() -> None:
+            async with etcd.lock(b"/lock/cancelled-stop", ttl=60) as lock:
+                leases.append(lock.lease)
+
+        task = asyncio.create_task(hold())
+        with anyio.fail_after(HANG):
+            while not leases:
+                await anyio.sleep(0.01)
+        await anyio.sleep(0.1)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+        with anyio.fail_after(HANG):
+            while (await other.get_lease_info(leases[0].id)).TTL != -1:
+                await anyio.sleep(0.05)

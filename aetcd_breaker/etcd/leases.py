@@ -310,9 +310,15 @@ class LeaseKeeper:
     ) -> None:
         lease = self._lease
         assert lease is not None and self._keeping is not None
+        stopped = False
         try:
             await self._keeping.stop()
+            stopped = True
         finally:
+            if not stopped and self._revoke:
+                # A plain asyncio cancellation, which anyio's shield does not
+                # hold back, cut the stop short: the lease must go all the same.
+                _revoke_in_background(lease, self._timeout)
             for hook in (self._on_lost, self._hook):
                 if hook is not None and hook in lease._hooks:
                     lease._hooks.remove(hook)

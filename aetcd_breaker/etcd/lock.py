@@ -373,24 +373,33 @@ class Lock:
         be reached, the lease expires within its TTL.
         """
         keeping, self._keeping = self._keeping, None
-        if keeping is not None:
-            await keeping.stop()
+        try:
+            if keeping is not None:
+                await keeping.stop()
+        finally:
+            # Also when a plain asyncio cancellation, which anyio's shield
+            # does not hold back, cut the stop short.
+            revoking = self._revoke(call_timeout)
+        if revoking is None or not wait:
+            return
+        with scope_until(self._client._session.clock, give_up):
+            await asyncio.shield(revoking)
+
+    def _revoke(self, call_timeout: float | None) -> asyncio.Task[None] | None:
+        """Start revoking the lease, if it may exist; the task that does."""
         lease, self.lease = self.lease, None
         lease_id, self._granting = self._granting, None
         if lease is None and lease_id is not None:
             # The grant may have reached etcd even though its answer did not.
             lease = Lease(lease_id, self.ttl, self._client)
         if lease is None:
-            return
+            return None
         revoking = asyncio.get_running_loop().create_task(
             revoke_quietly(lease, call_timeout)
         )
         _revoking.add(revoking)
         revoking.add_done_callback(_revoking.discard)
-        if not wait:
-            return
-        with scope_until(self._client._session.clock, give_up):
-            await asyncio.shield(revoking)
+        return revoking
 
     async def release(self, *, call_timeout: float | None = None) -> bool:
         """Let go; ``True`` if the key still held this lock and was deleted.
