@@ -353,6 +353,52 @@ async def test_a_broken_classifier_with_a_broken_log_pipeline_still_ends_the_tri
         assert breaker.metrics().failures == 1
 
 
+class _AnswerThenDeadline:
+    """A KV stub whose Range gets etcd's real answer and hands it over in the
+    same loop step as the call's deadline fires, keeping the answer over the
+    cancellation: a race real etcd cannot time on demand."""
+
+    def __init__(self, stub: Any, clock: FakeClock) -> None:
+        self._stub = stub
+        self._clock = clock
+
+    async def Range(self, *args: Any, **kwargs: Any) -> Any:
+        response = await self._stub.Range(*args, **kwargs)
+        answered = asyncio.get_running_loop().create_future()
+
+        def answer_then_expire() -> None:
+            answered.set_result(None)
+            self._clock.advance(1000)
+
+        asyncio.get_running_loop().call_soon(answer_then_expire)
+        with contextlib.suppress(asyncio.CancelledError):
+            await answered
+        return response
+
+
+async def test_a_deadline_firing_as_the_call_returns_leaves_no_cancel_behind(
+    etcd_server_session: EtcdServer,
+) -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(name="etcd", clock=clock)
+    inner = aetcd.Client(etcd_server_session.host, etcd_server_session.port)
+    async with BreakerClient.wrap(inner, breaker=breaker, close_client=True) as etcd:
+        await etcd.put(b"/late-deadline", b"v")
+        inner.kvstub = _AnswerThenDeadline(inner.kvstub, clock)
+
+        got = await etcd.get(b"/late-deadline", call_timeout=1)
+
+        # The answer came: the caller gets it, and the deadline's request to
+        # cancel the task is taken back, not delivered at its next await.
+        assert got is not None and got.value == b"v"
+        task = asyncio.current_task()
+        assert task is not None
+        assert task.cancelling() == 0
+        await asyncio.sleep(0)
+        assert breaker.metrics().successes == 2
+        assert breaker.metrics().failures == 0
+
+
 async def test_call_timeout_of_a_call_overrides_the_client(
     etcd_server: EtcdServer,
 ) -> None:
