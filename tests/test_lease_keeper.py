@@ -380,3 +380,35 @@ async def test_a_broken_log_pipeline_neither_breaks_a_close_nor_hides_the_loss(
         assert [error.reason for error in lost] == [CLOSED]
         assert lease.lost_reason == CLOSED
     assert inner.closed
+
+
+async def test_a_refresh_around_an_open_breaker_that_runs_out_of_time_is_tried_again(
+    etcd_server: EtcdServer,
+) -> None:
+    # TTL 3: the open breaker rejects the refresh at 1 s, the keeper goes
+    # around it at 2 s and the lease ends at 3 s. etcd hangs from 1.5 s to
+    # 2.5 s, so that refresh runs out of its 0.3 s: the keeper must take it
+    # as a failed refresh and try again, not end. (The refresh cut off may
+    # still reach etcd as it wakes and renew the lease once, to 5.5 s.)
+    ttl = 3
+    server = etcd_server
+    async with (
+        client_of(server, call_timeout=0.3) as etcd,
+        raw_client(server) as raw,
+        etcd.lease_keeper(ttl) as lease,
+    ):
+        etcd.breaker.force_open()
+        await anyio.sleep(1.5)
+        server.pause()
+        try:
+            await anyio.sleep(1)
+        finally:
+            server.resume()
+        # Past any renewal the cut-off refresh could have made, and
+        # etcd's half-second rounds of expiring leases.
+        await anyio.sleep(4.5)
+        info = await raw.get_lease_info(lease.id)
+        assert not lease.lost.is_set() and lease.lost_reason is None
+        etcd.breaker.reset()
+
+    assert info.TTL > 0
