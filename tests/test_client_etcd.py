@@ -591,6 +591,7 @@ async def test_after_an_outage_a_trial_moves_to_a_fresh_channel(
     breaker = quick_breaker()
     async with client_of(etcd_server, breaker=breaker, call_timeout=1) as etcd:
         await etcd.put(b"k", b"v")
+        first = etcd._session.channels.current.client
         etcd_server.kill()
         with anyio.fail_after(HANG + 10):
             # Long enough for gRPC's reconnect backoff to grow past a second.
@@ -608,3 +609,8 @@ async def test_after_an_outage_a_trial_moves_to_a_fresh_channel(
         assert failed_after_restart <= 2
         assert etcd.reconnects >= 1
         assert got is not None and got.value == b"v"
+        # The client left behind is closed once no call runs on it (in the
+        # background), not kept open until the BreakerClient closes.
+        with anyio.fail_after(HANG):
+            while first.channel is not None:
+                await anyio.sleep(0.01)
