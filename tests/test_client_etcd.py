@@ -23,6 +23,7 @@ from aetcd_breaker.etcd import (
     EtcdCircuitOpenError,
     Lease,
     Member,
+    Retry,
 )
 from aetcd_breaker.testing import EtcdServer
 
@@ -585,11 +586,15 @@ async def test_wrapped_client_is_closed_only_on_request(
     assert raw.channel is None
 
 
+@pytest.mark.parametrize("retry", [None, Retry(attempts=2)], ids=["plain", "retried"])
 async def test_after_an_outage_a_trial_moves_to_a_fresh_channel(
-    etcd_server: EtcdServer,
+    etcd_server: EtcdServer, retry: Retry | None
 ) -> None:
+    # Retried reads take their own path through the breaker: their trials
+    # must move to a fresh channel too.
     breaker = quick_breaker()
-    async with client_of(etcd_server, breaker=breaker, call_timeout=1) as etcd:
+    etcd = client_of(etcd_server, breaker=breaker, call_timeout=1, retry=retry)
+    async with etcd:
         await etcd.put(b"k", b"v")
         first = etcd._session.channels.current.client
         etcd_server.kill()
