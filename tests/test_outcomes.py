@@ -11,12 +11,17 @@ import pytest
 from aetcd import exceptions as aetcd_errors
 
 from aetcd_breaker import etcd
-from aetcd_breaker.core import CallTimeoutError, CircuitOpenError, State
+from aetcd_breaker.core import BreakerError, CallTimeoutError, CircuitOpenError, State
 from aetcd_breaker.etcd import (
     COUNTED_CODES,
     COUNTED_ERRORS,
+    GONE,
+    ClientClosedError,
     EtcdCallTimeoutError,
     EtcdCircuitOpenError,
+    LeaseLostError,
+    LockNotAcquiredError,
+    WatchCompactedError,
     is_etcd_failure,
 )
 
@@ -164,6 +169,25 @@ def test_timeout_error_is_also_an_aetcd_timeout_error() -> None:
     assert not isinstance(error, aetcd.WatchTimeoutError)
     assert (error.breaker, error.timeout) == ("etcd", 0.25)
     assert "0.25 s" in str(error)
+
+
+def test_the_other_errors_sit_in_the_tree_errors_py_documents() -> None:
+    # Code written against raw aetcd catches them where it caught aetcd's.
+    closed = ClientClosedError()
+    lost = LeaseLostError(7, GONE)
+    compacted = WatchCompactedError(10, 3)
+    not_acquired = LockNotAcquiredError(b"/lock", 1.0)
+
+    assert isinstance(closed, BreakerError)
+    assert isinstance(closed, aetcd.ConnectionFailedError)
+    assert isinstance(lost, BreakerError)
+    assert isinstance(lost, aetcd.ClientError)
+    assert isinstance(compacted, BreakerError)
+    assert isinstance(compacted, aetcd.RevisionCompactedError)
+    assert isinstance(not_acquired, BreakerError)
+    assert isinstance(not_acquired, TimeoutError)
+    for error in (closed, lost, compacted, not_acquired):
+        assert not isinstance(error, aetcd.WatchTimeoutError)
 
 
 def test_errors_survive_pickling() -> None:
