@@ -203,6 +203,32 @@ async def test_a_failed_stream_counts_and_the_watch_goes_on(
         assert event.kv.value == b"back"
 
 
+async def test_reopening_a_stream_backs_off_while_the_breaker_keeps_admitting(
+    etcd_server: EtcdServer,
+) -> None:
+    # Disabled: the breaker never opens, so only the pump's own pauses space
+    # its attempts to reopen the stream while etcd is down.
+    breaker = CircuitBreaker(name="etcd", initial_state="disabled")
+    etcd = BreakerClient(etcd_server.host, etcd_server.port, breaker=breaker)
+    async with etcd:
+        watch = await etcd.watch(b"/backoff", **QUICK)
+        pending = asyncio.ensure_future(anext(aiter(watch)))
+        etcd_server.kill()
+        with anyio.fail_after(HANG):
+            while breaker.metrics().failures == 0:
+                await anyio.sleep(0.01)
+        before = breaker.metrics().failures
+        await anyio.sleep(2)
+        failed = breaker.metrics().failures - before
+        pending.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pending
+
+    # Pauses of 0.1, 0.2, 0.4, ... s between attempts: about five fit in
+    # 2 s. Without them the pump would reopen in a busy loop.
+    assert 1 <= failed <= 20
+
+
 async def test_a_resumed_stream_keeps_the_watchs_kind_filter_and_prev_kv(
     etcd_server: EtcdServer,
 ) -> None:
