@@ -232,6 +232,28 @@ async def test_compacted_history_raises_with_both_revisions(
     assert etcd.breaker.metrics().failures == 1
 
 
+async def test_etcd_cancelling_a_running_watch_ends_it_with_the_reason(
+    etcd: BreakerClient,
+) -> None:
+    # etcd cancels a running watcher only in rare cases (none on demand).
+    cancelled = rpc.WatchResponse(
+        watch_id=0, canceled=True, cancel_reason="permission denied"
+    )
+    script = Script(etcd, [response((10, b"a")), cancelled, response((11, b"b"))])
+    watch = await script.watch(done=9)
+
+    keys: list[bytes] = []
+    with anyio.fail_after(HANG), pytest.raises(aetcd.ClientError) as info:
+        async for event in watch:
+            keys.append(event.kv.key)
+
+    assert keys == [b"a"]
+    assert "permission denied" in str(info.value)
+    # No new stream, and etcd answered: not a failure of etcd.
+    assert script.starts == [10]
+    assert etcd.breaker.metrics().failures == 0
+
+
 async def test_an_open_breaker_holds_the_watch_back_until_a_trial() -> None:
     clock = FakeClock()
     breaker = CircuitBreaker(
