@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aetcd
+import grpc  # type: ignore[import-untyped]
 import pytest
 
 from aetcd_breaker.core import (
@@ -27,6 +28,7 @@ from aetcd_breaker.etcd import (
     EtcdCircuitOpenError,
     Lease,
     Member,
+    Retry,
 )
 from aetcd_breaker.etcd._options import DEFAULT
 
@@ -178,6 +180,39 @@ async def test_operation_is_rejected_when_the_breaker_is_open(
         await run(etcd, name, *ARGS.get(name, ()))
 
     assert etcd.breaker.metrics().rejected == 1
+
+
+# The operations a client-wide retry policy applies to (see _options.py).
+RETRIED_BY_DEFAULT = {
+    "get",
+    "get_prefix",
+    "get_range",
+    "get_all",
+    "status",
+    "members",
+    "hash",
+    "list_alarms",
+    "refresh_lease",
+    "get_lease_info",
+}
+
+
+@pytest.mark.parametrize(
+    "name", [name for name in OPERATIONS if name not in WATCHES and name != "lock"]
+)
+async def test_a_client_retry_policy_retries_the_idempotent_operations_only(
+    name: str,
+) -> None:
+    breaker = CircuitBreaker(name="etcd", initial_state="disabled")
+    policy = Retry(attempts=3, base=0.01, jitter=0)
+    async with BreakerClient(
+        "127.0.0.1", closed_port(), breaker=breaker, retry=policy
+    ) as etcd:
+        # members() lets gRPC's own error through, as aetcd's does.
+        with pytest.raises((aetcd.ConnectionFailedError, grpc.aio.AioRpcError)):
+            await run(etcd, name, *ARGS.get(name, ()))
+
+    assert etcd.retries == (2 if name in RETRIED_BY_DEFAULT else 0)
 
 
 async def test_objects_handed_out_call_through_the_guarded_client(
