@@ -8,13 +8,14 @@ from typing import Any
 
 import aetcd
 import anyio
+import grpc  # type: ignore[import-untyped]
 import pytest
 from aetcd import rpc
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aetcd_breaker.core import CircuitBreaker, FakeClock, State
-from aetcd_breaker.etcd import BreakerClient
+from aetcd_breaker.etcd import BreakerClient, is_etcd_failure
 from aetcd_breaker.etcd._watch_position import Position
 from aetcd_breaker.etcd._watch_stream import Stream, StreamSilentError
 from aetcd_breaker.etcd.watch import Watch, WatchCompactedError, WatchSpec
@@ -322,6 +323,23 @@ async def test_a_silent_stream_is_probed_then_given_up(answer_probe: bool) -> No
         "progress_request"
     ]
     assert call.cancelled
+
+
+class EndedCall(SilentCall):
+    """A gRPC call that the server ended cleanly: its read gives EOF."""
+
+    async def read(self) -> Any:
+        return grpc.aio.EOF
+
+
+async def test_a_stream_ended_by_etcd_fails_as_a_counted_error() -> None:
+    # A clean end of the stream is no response: the watch must resume.
+    stream = Stream(EndedCall(answer_probe=False), None, progress(4), 1, 1)
+
+    with anyio.fail_after(HANG), pytest.raises(aetcd.ConnectionFailedError) as info:
+        await stream.next()
+
+    assert is_etcd_failure(info.value)
 
 
 def histories() -> st.SearchStrategy[list[int]]:
