@@ -578,6 +578,9 @@ async def test_wrapped_client_is_closed_only_on_request(
         etcd.breaker.force_open()
         with pytest.raises(EtcdCircuitOpenError):
             await etcd.get(b"/wrap/k")
+    # Not closed (aetcd would reconnect on the next call, hiding a close that
+    # cut off the owner's own calls running on the channel).
+    assert raw.channel is not None
     still_open = await raw.get(b"/wrap/k")
     async with BreakerClient.wrap(raw, close_client=True) as etcd:
         await etcd.get(b"/wrap/k")
