@@ -16,8 +16,14 @@ from aetcd_breaker.core import (
     FakeClock,
     InvalidSettingError,
     InvalidSettingTypeError,
+    State,
 )
-from aetcd_breaker.etcd import BreakerClient, EtcdCircuitOpenError, Retry
+from aetcd_breaker.etcd import (
+    BreakerClient,
+    EtcdCallTimeoutError,
+    EtcdCircuitOpenError,
+    Retry,
+)
 from aetcd_breaker.testing import EtcdServer, FaultProxy
 
 pytestmark = [pytest.mark.anyio, pytest.mark.etcd]
@@ -171,6 +177,39 @@ async def test_retry_ends_with_the_rejection_once_another_call_opened_the_breake
     assert isinstance(errors[0].__cause__, aetcd.ConnectionFailedError)
     assert etcd.retries == 0
     assert (metrics.failures, metrics.rejected) == (2, 0)
+
+
+async def test_a_retry_failing_once_another_call_opened_the_breaker_is_rejected_now(
+    fault_proxy: FaultProxy,
+) -> None:
+    # The breaker opens while the retried call's first attempt is on its
+    # way; that attempt then fails. It must end with the rejection without
+    # first waiting out its pause (the fake clock never moves here).
+    clock = FakeClock()
+    breaker = CircuitBreaker(
+        name="etcd", failure_threshold=1, reset_timeout=60, clock=clock
+    )
+    async with client_of(fault_proxy, breaker=breaker) as etcd:
+        await etcd.put(b"/retry/opened", b"v")
+        fault_proxy.black_hole()
+        policy = Retry(attempts=5, base=1, jitter=0)
+        retried = asyncio.ensure_future(
+            etcd.get(b"/retry/opened", retry=policy, call_timeout=100)
+        )
+        other = asyncio.ensure_future(etcd.get(b"/retry/opened", call_timeout=1))
+        with anyio.fail_after(HANG):
+            await clock.wait_for_sleepers(2)
+            clock.advance(1)
+            with pytest.raises(EtcdCallTimeoutError):
+                await other
+        assert breaker.state is State.OPEN
+        fault_proxy.reset_connections()
+        with anyio.fail_after(HANG), pytest.raises(EtcdCircuitOpenError) as info:
+            await retried
+        fault_proxy.pass_through()
+
+    assert isinstance(info.value.__cause__, aetcd.ConnectionFailedError)
+    assert etcd.retries == 0
 
 
 @pytest.mark.parametrize(
