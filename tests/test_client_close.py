@@ -315,6 +315,30 @@ async def test_a_close_cancelled_while_revoking_has_told_every_holder(
         await keeper.__aexit__(None, None, None)
 
 
+async def test_entering_while_a_close_revokes_waits_for_it_and_stays_open(
+    proxy: FaultProxy,
+) -> None:
+    with anyio.fail_after(HANG):
+        etcd = client_of(proxy)
+        keeper = etcd.lease_keeper(30)
+        await keeper.__aenter__()
+        proxy.black_hole()
+        try:
+            # The close waits on the revocation; another task enters meanwhile.
+            closing = asyncio.create_task(etcd.close())
+            await asyncio.sleep(0.2)
+            async with etcd:
+                proxy.pass_through()
+                # Once the close is over, the block's calls still get through.
+                await closing
+                await etcd.put(b"/close/reentered", b"v")
+                found = await etcd.get(b"/close/reentered")
+                assert found is not None and found.value == b"v"
+        finally:
+            proxy.pass_through()
+        await keeper.__aexit__(None, None, None)
+
+
 async def test_a_keeper_granted_while_the_client_closes_is_told_at_once(
     proxy: FaultProxy, other: BreakerClient
 ) -> None:

@@ -70,6 +70,7 @@ class Session:
         "channels",
         "clock",
         "closed",
+        "closing",
         "creating",
         "fallback",
         "fallbacks",
@@ -119,6 +120,9 @@ class Session:
         self.closed = False
         """Set by :meth:`aclose`, until :meth:`reopen`; while it runs only, when
         the client stays open."""
+        # One future per close under way, done when it is: a reopen waits for
+        # them, or the close would end by closing the client under it.
+        self.closing: set[asyncio.Future[None]] = set()
         # Tasks whose call runs under a deadline cut to their own time budget
         # (a lock's timeout): its expiry says nothing about etcd.
         self.budgeted: set[asyncio.Task[Any]] = set()
@@ -320,6 +324,15 @@ class Session:
         :meth:`reopen`; unless the client is not ours to close, which stays
         open, and so does the session once the close is done.
         """
+        closing = asyncio.get_running_loop().create_future()
+        self.closing.add(closing)
+        try:
+            await self._close()
+        finally:
+            self.closing.discard(closing)
+            closing.set_result(None)
+
+    async def _close(self) -> None:
         from .leases import revoke_on_close
 
         # Keepers that start from now on end at once (KeepAlive.start), so
@@ -356,7 +369,10 @@ class Session:
                 leases.append(lease)
         return leases
 
-    def reopen(self) -> None:
-        """Let calls through again after :meth:`aclose`."""
+    async def reopen(self) -> None:
+        """Let calls through again after :meth:`aclose`, once every close
+        under way is done."""
+        while self.closing:
+            await asyncio.wait(set(self.closing))
         self.closed = False
         self.channels.reopen()

@@ -196,7 +196,7 @@ class BreakerClient(KeyOps, ClusterOps):
         themselves; this exists for code written against aetcd, and to open
         the client again after :meth:`close`.
         """
-        self._session.reopen()
+        await self._session.reopen()
         await self._session.channels.current.client.connect()
 
     async def close(self) -> None:
@@ -210,13 +210,14 @@ class BreakerClient(KeyOps, ClusterOps):
         TTL. Unlike aetcd's, a closed client does not reconnect by itself:
         a call made after ``close()`` raises :class:`ClientClosedError` at
         once, uncounted, until ``async with`` or :meth:`connect` opens the
-        client again. A client wrapped with ``close_client=False`` stays
-        usable: its aetcd client is yours.
+        client again (they wait for a close under way to end first). A
+        client wrapped with ``close_client=False`` stays usable: its aetcd
+        client is yours.
         """
         await self._session.aclose()
 
     async def __aenter__(self) -> Self:
-        self._session.reopen()
+        await self._session.reopen()
         return self
 
     async def __aexit__(
