@@ -23,6 +23,7 @@ from aetcd_breaker.etcd import (
     BreakerClient,
     LeaseLostError,
 )
+from aetcd_breaker.etcd._channel import Inner
 from aetcd_breaker.etcd.leases import KeepAlive
 from aetcd_breaker.testing import EtcdServer, FaultProxy
 
@@ -57,6 +58,16 @@ async def raw_client(server: EtcdServer) -> AsyncIterator[aetcd.Client]:
         yield client
     finally:
         await client.close()
+
+
+def move_to_fresh_channel(etcd: BreakerClient, server: EtcdServer) -> None:
+    """Send the calls from now on straight to ``server``, on a fresh channel,
+    as a half-open trial does; the calls running keep their own."""
+    channels = etcd._session.channels
+    old = channels.current
+    channels.current = Inner(aetcd.Client(server.host, server.port), owned=True)
+    old.retired = True
+    channels._retired.add(old)
 
 
 def lease_lost_logs(logs: list[MutableMapping[str, Any]]) -> list[Any]:
@@ -342,6 +353,39 @@ async def test_a_keeper_cancelled_while_its_grant_is_answered_leaks_no_lease(
         proxy.pass_through()
 
         with anyio.fail_after(HANG):
+            while True:
+                now = await raw.leasestub.LeaseLeases(rpc.LeaseLeasesRequest())
+                if len(now.leases) == len(before.leases):
+                    break
+                await anyio.sleep(0.05)
+
+
+async def test_a_keeper_cancelled_while_its_grant_is_held_up_leaks_no_lease(
+    etcd_server_session: EtcdServer,
+) -> None:
+    # The grant is held up on its way to etcd; the entry is cancelled and the
+    # revoke, on a fresh channel, overtakes it: etcd does not know the lease
+    # yet. When the grant lands, the lease must still go.
+    server = etcd_server_session
+    async with (
+        FaultProxy(server.host, server.port) as proxy,
+        client_of(proxy) as etcd,
+        raw_client(server) as raw,
+    ):
+        await etcd.put(b"/keeper/overtaken", b"connected")
+        await raw.connect()
+        before = await raw.leasestub.LeaseLeases(rpc.LeaseLeasesRequest())
+        proxy.delay(0.5)
+        entering = asyncio.create_task(etcd.lease_keeper(60).__aenter__())
+        await asyncio.sleep(0.1)
+        move_to_fresh_channel(etcd, server)
+        entering.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await entering
+
+        # Once the grant has landed, nothing may be left of it.
+        await anyio.sleep(1.0)
+        with anyio.fail_after(2.0):
             while True:
                 now = await raw.leasestub.LeaseLeases(rpc.LeaseLeasesRequest())
                 if len(now.leases) == len(before.leases):

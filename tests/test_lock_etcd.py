@@ -22,6 +22,7 @@ from aetcd_breaker.etcd import (
     Lock,
     LockNotAcquiredError,
 )
+from aetcd_breaker.etcd._channel import Inner
 from aetcd_breaker.etcd.leases import KeepAlive
 from aetcd_breaker.testing import EtcdServer, FaultProxy
 
@@ -446,6 +447,38 @@ async def test_a_cancelled_acquire_returns_at_once_in_a_partition(
         gone = await lease_gone(raw, lease_id)
 
     assert gone
+
+
+async def test_a_cancelled_acquire_whose_grant_lands_after_its_revoke_leaks_no_lease(
+    etcd_server_session: EtcdServer, raw: aetcd.Client
+) -> None:
+    # The grant is held up on its way to etcd; the acquisition is cancelled
+    # and the revoke, on a fresh channel, overtakes it: etcd does not know
+    # the lease yet. When the grant lands, the lease must still go.
+    server = etcd_server_session
+    async with (
+        FaultProxy(server.host, server.port) as proxy,
+        client_of(proxy) as etcd,
+    ):
+        await etcd.put(b"/lock/overtaken/connected", b"v")
+        before = await lease_ids(raw)
+        proxy.delay(0.5)
+        acquiring = asyncio.create_task(etcd.lock(b"/lock/overtaken", ttl=60).acquire())
+        await asyncio.sleep(0.1)
+        channels = etcd._session.channels
+        old = channels.current
+        channels.current = Inner(aetcd.Client(server.host, server.port), owned=True)
+        old.retired = True
+        channels._retired.add(old)
+        acquiring.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await acquiring
+
+        # Once the grant has landed, nothing may be left of it.
+        await anyio.sleep(1.0)
+        with anyio.fail_after(2.0):
+            while not await lease_ids(raw) <= before:
+                await anyio.sleep(0.05)
 
 
 async def test_a_lease_that_etcd_no_longer_knows_when_the_transaction_lands_is_lost(

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Final
 
 import aetcd
 import anyio
+from aetcd import rpc
 
 from ..core import CircuitOpenError
 from ..core._clock import scope_until
@@ -56,6 +57,9 @@ LostHook = Callable[[LeaseLostError], object]
 _FIRST_PAUSE: Final = 0.1
 # How long closing the client waits for etcd to answer a keeper's revocation.
 _CLOSE_REVOKE: Final = 1.0
+# How long the revoke of a grant cut off waits before trying once more when
+# etcd does not know the lease: the grant may still be on its way.
+_LATE_GRANT: Final = 1.0
 # etcd lease ids are positive int64; 62 random bits make a clash negligible,
 # and a clash is answered (DuplicateLeaseError) rather than harmful.
 _ID_BITS: Final = 62
@@ -189,9 +193,13 @@ class KeepAlive:
         return lease if self._revoke else None
 
 
-def _revoke_in_background(lease: Lease, call_timeout: float | None) -> None:
+def _revoke_in_background(
+    lease: Lease, call_timeout: float | None, *, cut_off: bool = False
+) -> None:
     """Revoke a lease that may exist, without waiting (it expires otherwise)."""
-    task = asyncio.get_running_loop().create_task(revoke_quietly(lease, call_timeout))
+    task = asyncio.get_running_loop().create_task(
+        revoke_quietly(lease, call_timeout, cut_off=cut_off)
+    )
     _revoking.add(task)
     task.add_done_callback(_revoking.discard)
 
@@ -280,7 +288,9 @@ class LeaseKeeper:
                 raise  # not granted, or someone else's id
             except BaseException:
                 _revoke_in_background(
-                    Lease(lease_id, self._ttl, self._client), self._timeout
+                    Lease(lease_id, self._ttl, self._client),
+                    self._timeout,
+                    cut_off=True,
                 )
                 raise
             self._lease = lease
@@ -331,25 +341,46 @@ class LeaseKeeper:
             raise LeaseLostError(lease.id, lease.lost_reason) from None
 
 
-async def revoke_quietly(lease: Lease, call_timeout: float | None) -> None:
+async def revoke_quietly(
+    lease: Lease, call_timeout: float | None, *, cut_off: bool = False
+) -> None:
     """Revoke a lease that is no longer needed, if etcd may still hold it.
 
     Shielded from the caller's cancellation (a plain asyncio one ends only
     the wait; the revoke goes on alone), and quiet: when etcd cannot be
     reached the lease expires by itself within its TTL. A lease lost to the
-    client's close was revoked then, if it could be.
+    client's close was revoked then, if it could be. ``cut_off`` says that
+    the lease's grant was cut off on its way: when etcd does not know the
+    lease, the revoke may have overtaken it, and is tried once more later.
     """
     if lease.lost_reason in (GONE, CLOSED) or lease._released:
         return
     # A task of its own: anyio's shield does not hold back a plain asyncio
     # cancellation (a timeout, a task group), which must end only the wait.
-    revoking = asyncio.get_running_loop().create_task(_revoke(lease, call_timeout))
+    revoking = asyncio.get_running_loop().create_task(
+        _revoke(lease, call_timeout, cut_off)
+    )
     _revoking.add(revoking)
     revoking.add_done_callback(_revoking.discard)
     with anyio.CancelScope(shield=True):
         await asyncio.shield(revoking)
 
 
-async def _revoke(lease: Lease, call_timeout: float | None) -> None:
+async def _revoke(lease: Lease, call_timeout: float | None, cut_off: bool) -> None:
     with contextlib.suppress(Exception):
-        await lease.revoke(call_timeout=call_timeout)
+        try:
+            await lease.revoke(call_timeout=call_timeout)
+        except aetcd.ClientError as exc:
+            if not (cut_off and _not_found(exc)):
+                raise
+            clock = lease._client._session.clock
+            await clock.sleep_until(clock.now() + _LATE_GRANT)
+            await lease.revoke(call_timeout=call_timeout)
+
+
+def _not_found(exc: aetcd.ClientError) -> bool:
+    """Whether etcd answered that it knows no such lease."""
+    cause = exc.__cause__
+    return (
+        isinstance(cause, rpc.AioRpcError) and cause.code() == rpc.StatusCode.NOT_FOUND
+    )

@@ -389,13 +389,16 @@ class Lock:
         """Start revoking the lease, if it may exist; the task that does."""
         lease, self.lease = self.lease, None
         lease_id, self._granting = self._granting, None
+        cut_off = False
         if lease is None and lease_id is not None:
-            # The grant may have reached etcd even though its answer did not.
+            # The grant may have reached etcd even though its answer did not,
+            # or may reach it yet.
             lease = Lease(lease_id, self.ttl, self._client)
+            cut_off = True
         if lease is None:
             return None
         revoking = asyncio.get_running_loop().create_task(
-            revoke_quietly(lease, call_timeout)
+            revoke_quietly(lease, call_timeout, cut_off=cut_off)
         )
         _revoking.add(revoking)
         revoking.add_done_callback(_revoking.discard)
