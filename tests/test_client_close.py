@@ -391,3 +391,53 @@ async def test_a_wrapped_client_left_open_keeps_leases_and_locks_after_a_close(
             await etcd.close()
     finally:
         await raw.close()
+
+
+async def test_close_closes_a_channel_retired_while_a_call_still_ran_on_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A half-open trial moves to a fresh channel when the old one waits out
+    # gRPC's reconnect backoff; a call still running on the old one keeps it
+    # open until it ends. Closing the client must close it all the same.
+    from aetcd_breaker.core import CircuitBreaker, FakeClock
+    from aetcd_breaker.etcd._channel import Inner
+
+    clock = FakeClock()
+    breaker = CircuitBreaker(clock=clock, reset_timeout=1.0, failure_threshold=1)
+    etcd = BreakerClient("127.0.0.1", 1, breaker=breaker)
+    session = etcd._session
+    old = session.channels.current
+    closed: list[aetcd.Client] = []
+    close = aetcd.Client.close
+
+    async def record_close(client: aetcd.Client) -> None:
+        closed.append(client)
+        await close(client)
+
+    monkeypatch.setattr(aetcd.Client, "close", record_close)
+    monkeypatch.setattr(Inner, "failing", lambda inner: inner is old)
+
+    async def hang(client: aetcd.Client) -> None:
+        await asyncio.get_running_loop().create_future()
+
+    async def fail(client: aetcd.Client) -> None:
+        raise aetcd.ConnectionFailedError()
+
+    async def answer(client: aetcd.Client) -> aetcd.Client:
+        return client
+
+    with anyio.fail_after(HANG):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(session.call, hang, 100)
+            await anyio.wait_all_tasks_blocked()
+            with pytest.raises(aetcd.ConnectionFailedError):
+                await session.call(fail, 100)
+            clock.advance(5)
+            trial_ran_on = await session.call(answer, 100)
+            assert trial_ran_on is not old.client
+            assert old.retired and old.calls == 1
+
+            await etcd.close()
+            tg.cancel_scope.cancel()
+
+    assert old.client in closed

@@ -411,3 +411,37 @@ async def test_a_new_iteration_takes_over_from_the_last(etcd: BreakerClient) -> 
         assert (await anext(second)).kv.key == b"c"
 
     assert script.starts == [10, 10]
+
+
+async def test_reopen_pauses_grow_in_an_outage_and_start_over_after_a_response(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The pauses between attempts to reopen a stream double up to a cap
+    # while etcd is away; a stream that answered again starts them over.
+    import aetcd_breaker.etcd._watch_pump as pump
+
+    pauses: list[float] = []
+    sleep = asyncio.sleep
+
+    async def record(seconds: float) -> None:
+        pauses.append(seconds)
+        await sleep(0)
+
+    monkeypatch.setattr(pump.asyncio, "sleep", record)
+    breaker = CircuitBreaker(failure_threshold=None)
+    async with BreakerClient("127.0.0.1", 1, breaker=breaker) as etcd:
+        script = Script(
+            etcd,
+            [response((10, b"a")), aetcd.ConnectionFailedError()],
+            *[aetcd.ConnectionFailedError() for _ in range(8)],
+            [response((11, b"b")), aetcd.ConnectionFailedError()],
+            [response((12, b"c")), aetcd.ConnectionFailedError()],
+            [response((13, b"d"))],
+        )
+        watch = await script.watch(done=9)
+        keys = await take(watch, 4)
+        await watch.cancel()
+
+    assert keys == [b"a", b"b", b"c", b"d"]
+    # Each break after a response reopens at once, as the first one did.
+    assert pauses == [0.1, 0.2, 0.4, 0.8, 1.6, 2.0, 2.0, 2.0]
