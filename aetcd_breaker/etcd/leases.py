@@ -49,7 +49,15 @@ if TYPE_CHECKING:
     from ._lease_ops import LeaseOps
     from ._session import Session
 
-__all__ = ["KeepAlive", "LeaseKeeper", "grant", "revoke_on_close"]
+__all__ = [
+    "KeepAlive",
+    "LeaseKeeper",
+    "grant",
+    "new_lease_id",
+    "revoke_on_close",
+    "revoke_quietly",
+    "start_revoke",
+]
 
 LostHook = Callable[[LeaseLostError], object]
 
@@ -64,9 +72,14 @@ _LATE_GRANT: Final = 1.0
 # and a clash is answered (DuplicateLeaseError) rather than harmful.
 _ID_BITS: Final = 62
 
-# Revokes that outlived the entry that started them; the loop keeps only a
-# weak reference to a task.
+# Revokes that outlived the entry or acquisition that started them; the loop
+# keeps only a weak reference to a task.
 _revoking: set[asyncio.Task[None]] = set()
+
+
+def new_lease_id() -> int:
+    """A lease id of our own: a grant cut off on its way can still be revoked."""
+    return secrets.randbits(_ID_BITS) + 1
 
 
 async def grant(
@@ -193,17 +206,6 @@ class KeepAlive:
         return lease if self._revoke else None
 
 
-def _revoke_in_background(
-    lease: Lease, call_timeout: float | None, *, cut_off: bool = False
-) -> None:
-    """Revoke a lease that may exist, without waiting (it expires otherwise)."""
-    task = asyncio.get_running_loop().create_task(
-        revoke_quietly(lease, call_timeout, cut_off=cut_off)
-    )
-    _revoking.add(task)
-    task.add_done_callback(_revoking.discard)
-
-
 def _quiet(task: asyncio.Task[None]) -> None:
     # A keeper halted by a close ends unawaited: fetch whatever it raised.
     if not task.cancelled():
@@ -277,9 +279,7 @@ class LeaseKeeper:
         session = self._client._session
         if self._lease is None:
             assert self._ttl is not None
-            # An id of our own, as a lock picks: a grant cut off while its
-            # answer was on the way can then still be revoked.
-            lease_id = secrets.randbits(_ID_BITS) + 1
+            lease_id = new_lease_id()
             try:
                 lease, expires = await grant(
                     self._client, self._ttl, lease_id, self._timeout
@@ -287,7 +287,7 @@ class LeaseKeeper:
             except (CircuitOpenError, aetcd.DuplicateLeaseError):
                 raise  # not granted, or someone else's id
             except BaseException:
-                _revoke_in_background(
+                start_revoke(
                     Lease(lease_id, self._ttl, self._client),
                     self._timeout,
                     cut_off=True,
@@ -328,7 +328,7 @@ class LeaseKeeper:
             if not stopped and self._revoke:
                 # A plain asyncio cancellation, which anyio's shield does not
                 # hold back, cut the stop short: the lease must go all the same.
-                _revoke_in_background(lease, self._timeout)
+                start_revoke(lease, self._timeout)
             for hook in (self._on_lost, self._hook):
                 if hook is not None and hook in lease._hooks:
                     lease._hooks.remove(hook)
@@ -341,29 +341,35 @@ class LeaseKeeper:
             raise LeaseLostError(lease.id, lease.lost_reason) from None
 
 
-async def revoke_quietly(
+def start_revoke(
     lease: Lease, call_timeout: float | None, *, cut_off: bool = False
-) -> None:
-    """Revoke a lease that is no longer needed, if etcd may still hold it.
+) -> asyncio.Task[None] | None:
+    """Start revoking a lease that is no longer needed, if etcd may still hold
+    it; the task that does, or ``None``.
 
-    Shielded from the caller's cancellation (a plain asyncio one ends only
-    the wait; the revoke goes on alone), and quiet: when etcd cannot be
-    reached the lease expires by itself within its TTL. A lease lost to the
-    client's close was revoked then, if it could be. ``cut_off`` says that
-    the lease's grant was cut off on its way: when etcd does not know the
-    lease, the revoke may have overtaken it, and is tried once more later.
+    A task of its own: no cancellation of the caller's cuts it off (anyio's
+    shield does not hold back a plain asyncio one, a timeout or a task
+    group). It is quiet: when etcd cannot be reached the lease expires by
+    itself within its TTL. A lease lost to the client's close was revoked
+    then, if it could be. ``cut_off`` says that the lease's grant was cut off
+    on its way: when etcd does not know the lease, the revoke may have
+    overtaken it, and is tried once more later.
     """
     if lease.lost_reason in (GONE, CLOSED) or lease._released:
-        return
-    # A task of its own: anyio's shield does not hold back a plain asyncio
-    # cancellation (a timeout, a task group), which must end only the wait.
-    revoking = asyncio.get_running_loop().create_task(
-        _revoke(lease, call_timeout, cut_off)
-    )
-    _revoking.add(revoking)
-    revoking.add_done_callback(_revoking.discard)
-    with anyio.CancelScope(shield=True):
-        await asyncio.shield(revoking)
+        return None
+    task = asyncio.get_running_loop().create_task(_revoke(lease, call_timeout, cut_off))
+    _revoking.add(task)
+    task.add_done_callback(_revoking.discard)
+    return task
+
+
+async def revoke_quietly(lease: Lease, call_timeout: float | None) -> None:
+    """Revoke a lease as :func:`start_revoke` does, and wait for it; a
+    cancellation of the caller's ends only the wait."""
+    revoking = start_revoke(lease, call_timeout)
+    if revoking is not None:
+        with anyio.CancelScope(shield=True):
+            await asyncio.shield(revoking)
 
 
 async def _revoke(lease: Lease, call_timeout: float | None, cut_off: bool) -> None:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 import uuid
 from collections.abc import Iterator
 from types import TracebackType
@@ -48,7 +47,7 @@ from .errors import (
     LeaseLostError,
     LockNotAcquiredError,
 )
-from .leases import KeepAlive, LostHook, revoke_quietly
+from .leases import KeepAlive, LostHook, new_lease_id, start_revoke
 from .objects import Lease
 
 if TYPE_CHECKING:
@@ -58,19 +57,10 @@ if TYPE_CHECKING:
 __all__ = ["Lock"]
 
 
-# etcd lease ids are positive int64; 62 random bits make a clash negligible,
-# and a clash is answered (DuplicateLeaseError) rather than harmful.
-_ID_BITS: Final = 62
-
-
 _LOCK_TIMEOUT: Any = object()
 _CLOSED_WHILE_ACQUIRING: Final = (
     "the BreakerClient was closed while the lock was acquired"
 )
-
-# Revokes that outlived the acquisition that started them; the loop keeps
-# only a weak reference to a task.
-_revoking: set[asyncio.Task[None]] = set()
 
 
 class _OutOfTime(Exception):
@@ -289,7 +279,7 @@ class Lock:
 
     async def _grant(self, seconds: float) -> None:
         session = self._client._session
-        lease_id = secrets.randbits(_ID_BITS) + 1
+        lease_id = new_lease_id()
         self._granting = lease_id
         sent = session.clock.now()
         try:
@@ -397,12 +387,7 @@ class Lock:
             cut_off = True
         if lease is None:
             return None
-        revoking = asyncio.get_running_loop().create_task(
-            revoke_quietly(lease, call_timeout, cut_off=cut_off)
-        )
-        _revoking.add(revoking)
-        revoking.add_done_callback(_revoking.discard)
-        return revoking
+        return start_revoke(lease, call_timeout, cut_off=cut_off)
 
     async def release(self, *, call_timeout: float | None = None) -> bool:
         """Let go; ``True`` if the key still held this lock and was deleted.

@@ -6,7 +6,7 @@ raised: the kit stays apart from the breaker's own errors.
 
 from __future__ import annotations
 
-import math
+from ..core.policies import finite
 
 __all__ = ["check_args", "check_host", "check_port", "check_seconds"]
 
@@ -16,16 +16,9 @@ def check_seconds(setting: str, value: object, *, zero: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{setting} must be a number of seconds, got {value!r}")
     low = "at least 0" if zero else "above 0"
-    if not ((value >= 0 if zero else value > 0) and _finite(value)):
+    if not ((value >= 0 if zero else value > 0) and finite(value)):
         raise ValueError(f"{setting} must be a finite number {low}, got {value!r}")
     return float(value)
-
-
-def _finite(value: float) -> bool:
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # an int past float range
-        return False
 
 
 def check_host(setting: str, value: object) -> str:
