@@ -11,7 +11,7 @@ import aetcd
 import anyio
 import pytest
 import structlog
-from aetcd import rpc
+from etcd_helpers import lease_ids, move_to_fresh_channel, slow_keeper_stop
 from structlog.testing import capture_logs
 
 from aetcd_breaker.core import CircuitBreaker, State
@@ -23,8 +23,6 @@ from aetcd_breaker.etcd import (
     BreakerClient,
     LeaseLostError,
 )
-from aetcd_breaker.etcd._channel import Inner
-from aetcd_breaker.etcd.leases import KeepAlive
 from aetcd_breaker.testing import EtcdServer, FaultProxy
 
 pytestmark = [pytest.mark.anyio, pytest.mark.etcd]
@@ -58,16 +56,6 @@ async def raw_client(server: EtcdServer) -> AsyncIterator[aetcd.Client]:
         yield client
     finally:
         await client.close()
-
-
-def move_to_fresh_channel(etcd: BreakerClient, server: EtcdServer) -> None:
-    """Send the calls from now on straight to ``server``, on a fresh channel,
-    as a half-open trial does; the calls running keep their own."""
-    channels = etcd._session.channels
-    old = channels.current
-    channels.current = Inner(aetcd.Client(server.host, server.port), owned=True)
-    old.retired = True
-    channels._retired.add(old)
 
 
 def lease_lost_logs(logs: list[MutableMapping[str, Any]]) -> list[Any]:
@@ -301,14 +289,7 @@ async def test_a_task_cancelled_while_its_keeper_stops_on_exit_leaks_no_lease(
 ) -> None:
     # The keeper's task takes a moment to end, and a plain asyncio
     # cancellation lands then: the exit must still revoke the lease.
-    original = KeepAlive.stop
-
-    async def slow_stop(self: KeepAlive) -> None:
-        await original(self)
-        with anyio.CancelScope(shield=True):
-            await asyncio.sleep(0.3)
-
-    monkeypatch.setattr(KeepAlive, "stop", slow_stop)
+    slow_keeper_stop(monkeypatch)
     server = etcd_server_session
     async with client_of(server) as etcd, raw_client(server) as raw:
         leases: list[Any] = []
@@ -343,8 +324,7 @@ async def test_a_keeper_cancelled_while_its_grant_is_answered_leaks_no_lease(
         raw_client(server) as raw,
     ):
         await etcd.put(b"/keeper/cancelled", b"connected")
-        await raw.connect()
-        before = await raw.leasestub.LeaseLeases(rpc.LeaseLeasesRequest())
+        before = await lease_ids(raw)
         proxy.delay(0.3)
         keeper = etcd.lease_keeper(60)
         with anyio.move_on_after(0.45):
@@ -353,10 +333,7 @@ async def test_a_keeper_cancelled_while_its_grant_is_answered_leaks_no_lease(
         proxy.pass_through()
 
         with anyio.fail_after(HANG):
-            while True:
-                now = await raw.leasestub.LeaseLeases(rpc.LeaseLeasesRequest())
-                if len(now.leases) == len(before.leases):
-                    break
+            while not await lease_ids(raw) <= before:
                 await anyio.sleep(0.05)
 
 
@@ -373,8 +350,7 @@ async def test_a_keeper_cancelled_while_its_grant_is_held_up_leaks_no_lease(
         raw_client(server) as raw,
     ):
         await etcd.put(b"/keeper/overtaken", b"connected")
-        await raw.connect()
-        before = await raw.leasestub.LeaseLeases(rpc.LeaseLeasesRequest())
+        before = await lease_ids(raw)
         proxy.delay(0.5)
         entering = asyncio.create_task(etcd.lease_keeper(60).__aenter__())
         await asyncio.sleep(0.1)
@@ -386,10 +362,7 @@ async def test_a_keeper_cancelled_while_its_grant_is_held_up_leaks_no_lease(
         # Once the grant has landed, nothing may be left of it.
         await anyio.sleep(1.0)
         with anyio.fail_after(2.0):
-            while True:
-                now = await raw.leasestub.LeaseLeases(rpc.LeaseLeasesRequest())
-                if len(now.leases) == len(before.leases):
-                    break
+            while not await lease_ids(raw) <= before:
                 await anyio.sleep(0.05)
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import aetcd
 import anyio
 import pytest
-from aetcd import rpc
+from etcd_helpers import lease_ids, move_to_fresh_channel, slow_keeper_stop
 
 from aetcd_breaker.core import CircuitBreaker
 from aetcd_breaker.etcd import (
@@ -22,8 +22,6 @@ from aetcd_breaker.etcd import (
     Lock,
     LockNotAcquiredError,
 )
-from aetcd_breaker.etcd._channel import Inner
-from aetcd_breaker.etcd.leases import KeepAlive
 from aetcd_breaker.testing import EtcdServer, FaultProxy
 
 pytestmark = [pytest.mark.anyio, pytest.mark.etcd]
@@ -57,12 +55,6 @@ async def raw(etcd_server_session: EtcdServer) -> AsyncIterator[aetcd.Client]:
 
 def client_of(server: EtcdServer | FaultProxy, **kwargs: Any) -> BreakerClient:
     return BreakerClient(server.host, server.port, **kwargs)
-
-
-async def lease_ids(raw: aetcd.Client) -> set[int]:
-    await raw.connect()
-    found = await raw.leasestub.LeaseLeases(rpc.LeaseLeasesRequest())
-    return {lease.ID for lease in found.leases}
 
 
 async def leases_back_to(raw: aetcd.Client, before: set[int]) -> set[int]:
@@ -465,11 +457,7 @@ async def test_a_cancelled_acquire_whose_grant_lands_after_its_revoke_leaks_no_l
         proxy.delay(0.5)
         acquiring = asyncio.create_task(etcd.lock(b"/lock/overtaken", ttl=60).acquire())
         await asyncio.sleep(0.1)
-        channels = etcd._session.channels
-        old = channels.current
-        channels.current = Inner(aetcd.Client(server.host, server.port), owned=True)
-        old.retired = True
-        channels._retired.add(old)
+        move_to_fresh_channel(etcd, server)
         acquiring.cancel()
         with pytest.raises(asyncio.CancelledError):
             await acquiring
@@ -596,14 +584,7 @@ async def test_a_task_cancelled_while_its_lock_stops_keeping_leaks_no_lease(
 ) -> None:
     # The keeper's task takes a moment to end, and a plain asyncio
     # cancellation lands then: the release must still revoke the lease.
-    original = KeepAlive.stop
-
-    async def slow_stop(self: KeepAlive) -> None:
-        await original(self)
-        with anyio.CancelScope(shield=True):
-            await asyncio.sleep(0.3)
-
-    monkeypatch.setattr(KeepAlive, "stop", slow_stop)
+    slow_keeper_stop(monkeypatch)
     server = etcd_server_session
     async with client_of(server) as etcd, client_of(server) as other:
         leases: list[Any] = []
